@@ -1,0 +1,3 @@
+from lift_ray.cli import main
+
+raise SystemExit(main())

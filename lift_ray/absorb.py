@@ -1,0 +1,163 @@
+"""Absorb one document: text -> contextualised samples -> trained adapter -> store (paper §3).
+
+:func:`absorb_document` is the single entry point used by the CLI, the engine and (later) the Ray
+workers. It leaves the base model exactly as it found it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lift_ray import __version__
+from lift_ray.adapters import attach_adapter
+from lift_ray.config import LiftConfig
+from lift_ray.model import LoadedModel
+from lift_ray.segments import chat_format, normalize_text, segment_samples
+from lift_ray.store import AdapterStore, BaseModelRef, Manifest, doc_id_for, now_iso, sha256_file, variant_id
+from lift_ray.train import TrainMetrics, train_adapter
+
+
+class DocumentError(ValueError):
+    """A document that cannot be absorbed (empty, not text, too large)."""
+
+
+def check_document_text(text: str, max_chars: int, name: str = "document") -> str:
+    """Normalised text, or DocumentError with one clear line."""
+    text = normalize_text(text)
+    if not text.strip():
+        raise DocumentError(f"{name} is empty (or only whitespace)")
+    if "\x00" in text:
+        raise DocumentError(f"{name} is binary, not text")
+    if len(text) > max_chars:
+        raise DocumentError(
+            f"{name} has {len(text)} characters, above the limit of {max_chars} (segments.max_document_chars)"
+        )
+    return text
+
+
+def read_document(path: str | Path, max_chars: int) -> str:
+    """Read a UTF-8 text file and check it; raises DocumentError, never writes anything."""
+    p = Path(path)
+    if not p.is_file():
+        raise DocumentError(f"no such file: {p}")
+    data = p.read_bytes()
+    if b"\x00" in data[:65536]:
+        raise DocumentError(f"{p} is binary, not UTF-8 text")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DocumentError(f"{p} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    return check_document_text(text, max_chars, name=str(p))
+
+
+@dataclasses.dataclass
+class AbsorbResult:
+    doc_id: str
+    variant: str
+    status: str  # "absorbed" | "already_absorbed"
+    num_tokens: int
+    store: str
+    seconds: float
+    training: TrainMetrics | None = None
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["training"] = self.training.model_dump() if self.training else None
+        return out
+
+
+def absorb_document(
+    loaded: LoadedModel,
+    text: str,
+    cfg: LiftConfig,
+    store: AdapterStore,
+    *,
+    force: bool = False,
+    progress: bool = True,
+) -> AbsorbResult:
+    """Train an adapter on ``text`` and publish it, unless this variant is already in the store.
+
+    Args:
+        loaded: the resident base model; it is unchanged when this returns.
+        text: the document (normalised here; its hash is the document id).
+        cfg: a resolved LiftConfig (see :func:`lift_ray.config.resolve_config`).
+        store: where the adapter goes.
+        force: retrain even if the variant exists.
+        progress: show progress on stderr.
+
+    Raises:
+        DocumentError: empty, binary or oversized text; nothing is written.
+    """
+    start = time.perf_counter()
+    text = check_document_text(text, cfg.segments.max_document_chars)
+    doc_id = doc_id_for(text)
+    variant = variant_id(cfg.adapter.kind, loaded.model_id, loaded.weights_hash, cfg.training_hash())
+    tok = loaded.tokenizer
+    if store.has(doc_id, variant) and not force:
+        manifest = store.manifest(doc_id, variant)
+        return AbsorbResult(doc_id, variant, "already_absorbed", manifest.num_tokens, store.uri, 0.0)
+
+    doc_ids = tok(text, add_special_tokens=False)["input_ids"]
+    seg = cfg.segments
+    samples, budgets = segment_samples(
+        doc_ids,
+        fmt=chat_format(tok),
+        tokenizer=tok,
+        context_window=seg.context_window,
+        segment_length=seg.segment_length,
+        stride_fraction=seg.stride_fraction,
+        max_positions=loaded.max_positions,
+        recite_prompt=seg.recite_prompt,
+        mixin=seg.mixin,
+    )
+    if progress:
+        print(
+            f"lift-ray: absorbing {doc_id}: {len(doc_ids)} tokens -> {len(samples)} segments "
+            f"(ℓ={budgets.segment_length}, stride={budgets.stride}, context={budgets.train_context}), "
+            f"{cfg.adapter.kind} adapter, {cfg.train.epochs} epochs",
+            file=sys.stderr,
+            flush=True,
+        )
+    torch.manual_seed(cfg.train.seed)  # adapter initialisation is part of the reproducible run
+    handle = attach_adapter(loaded.model, cfg.adapter, base_model_id=loaded.model_id)
+    try:
+        metrics = train_adapter(handle, samples, cfg.train, progress=progress, desc=f"absorb {doc_id[:8]}")
+        with tempfile.TemporaryDirectory(prefix="lift-ray-adapter-") as tmp:
+            names = handle.save(Path(tmp))
+            manifest = Manifest(
+                doc_id=doc_id,
+                variant=variant,
+                adapter_kind=cfg.adapter.kind,
+                base_model=BaseModelRef(
+                    model_id=loaded.model_id,
+                    weights_hash=loaded.weights_hash,
+                    num_params=loaded.num_params,
+                    max_positions=loaded.max_positions,
+                ),
+                adapter_config=cfg.adapter.model_dump(mode="json"),
+                config_hash=cfg.training_hash(),
+                config={
+                    "segments": cfg.segments.model_dump(mode="json"),
+                    "train": cfg.train.model_dump(mode="json"),
+                    "model": cfg.model.model_dump(mode="json"),
+                },
+                context_window=seg.context_window,
+                num_tokens=len(doc_ids),
+                num_samples=len(samples),
+                training=metrics,
+                files={name: sha256_file(Path(tmp) / name) for name in names},
+                created_at=now_iso(),
+                lift_ray_version=__version__,
+            )
+            store.publish(manifest, text, Path(tmp))
+    finally:
+        loaded.model = handle.detach()
+    return AbsorbResult(
+        doc_id, variant, "absorbed", len(doc_ids), store.uri, round(time.perf_counter() - start, 3), metrics
+    )

@@ -1,0 +1,299 @@
+"""`lift-ray` command line: each verb is one function over the engine.
+
+stdout carries results only (JSON with --json); progress and logs go to stderr. Every refused
+input ends with one ``lift-ray: error: ...`` line on stderr and exit status 2, having written
+nothing to the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lift_ray.config import ConfigError, LiftConfig, build_config, default_store_uri
+
+EXIT_BAD_INPUT = 2
+
+
+def _emit(obj: Any, as_json: bool, human: str | None = None) -> None:
+    if as_json:
+        print(json.dumps(obj, ensure_ascii=False), flush=True)
+    else:
+        print(human if human is not None else json.dumps(obj, indent=2, ensure_ascii=False), flush=True)
+
+
+def _log(msg: str) -> None:
+    print(f"lift-ray: {msg}", file=sys.stderr, flush=True)
+
+
+def _set_threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """CLI flags -> a nested dict laid over the YAML config (None means: not given)."""
+    flat = {
+        ("profile",): getattr(args, "profile", None),
+        ("model", "name_or_path"): getattr(args, "model", None),
+        ("model", "device"): getattr(args, "device", None),
+        ("model", "dtype"): getattr(args, "dtype", None),
+        ("model", "load_in_4bit"): True if getattr(args, "load_in_4bit", False) else None,
+        ("model", "trust_remote_code"): True if getattr(args, "trust_remote_code", False) else None,
+        ("adapter", "kind"): getattr(args, "adapter", None),
+        ("segments", "context_window"): getattr(args, "context_window", None),
+        ("train", "epochs"): getattr(args, "epochs", None),
+        ("train", "learning_rate"): getattr(args, "lr", None),
+        ("train", "seed"): getattr(args, "seed", None),
+        ("inference", "max_new_tokens"): getattr(args, "max_new_tokens", None),
+        ("inference", "mode"): getattr(args, "mode", None),
+        ("store", "uri"): getattr(args, "store", None),
+    }
+    out: dict[str, Any] = {}
+    for path, value in flat.items():
+        if value is None:
+            continue
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return out
+
+
+def _config(args: argparse.Namespace) -> LiftConfig:
+    return build_config(getattr(args, "config", None), _overrides(args))
+
+
+def _store(cfg: LiftConfig):
+    from lift_ray.store import AdapterStore
+
+    return AdapterStore(cfg.store.uri or default_store_uri())
+
+
+# --- verbs ------------------------------------------------------------------------------------
+
+
+def cmd_absorb(args: argparse.Namespace) -> int:
+    """Absorb a document into an adapter and publish it to the store."""
+    from lift_ray.absorb import read_document
+    from lift_ray.infer import LiftEngine
+    from lift_ray.model import check_model_spec
+
+    cfg = _config(args)
+    text = read_document(args.file, cfg.segments.max_document_chars)
+    check_model_spec(cfg.model)
+    _set_threads(args.threads)
+    engine = LiftEngine.from_config(cfg)
+    result = engine.absorb(text, force=args.force, progress=not args.quiet)
+    payload = result.to_json()
+    human = (
+        f"{result.status}: {result.doc_id} variant {result.variant} ({result.num_tokens} tokens"
+        + (f", {result.training.tokens_per_second} tok/s, {result.seconds} s)" if result.training else ")")
+    )
+    _emit(payload, args.json, human)
+    return 0
+
+
+def _read_questions(args: argparse.Namespace) -> list[str]:
+    questions = [args.question] if args.question else []
+    if args.questions:
+        path = Path(args.questions)
+        if not path.is_file():
+            raise ConfigError(f"questions file not found: {path}")
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("{"):
+                try:
+                    line = json.loads(line)["question"]
+                except (ValueError, KeyError, TypeError):
+                    raise ConfigError(f"{path}:{n}: expected a JSON object with a 'question' field") from None
+            questions.append(line)
+    if not questions:
+        raise ConfigError("give a question or --questions FILE")
+    return questions
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """Answer questions about an absorbed document (or, in icl mode, any text file)."""
+    from lift_ray.absorb import read_document
+    from lift_ray.infer import LiftEngine, engine_for_manifest
+    from lift_ray.store import _DOC_ID, StoreError, doc_id_for
+
+    cfg = _config(args)
+    questions = _read_questions(args)
+    store = _store(cfg)
+    mode = cfg.inference.mode
+    target = args.doc
+    if _DOC_ID.match(target):
+        doc_id, text = target, None
+    elif Path(target).is_file():
+        text = read_document(target, cfg.segments.max_document_chars)
+        doc_id = doc_id_for(text)
+    else:
+        raise StoreError(f"{target!r} is neither a document id nor a file")
+    known = bool(store.variants(doc_id))
+    if not known and (text is None or mode != "icl"):
+        hint = "" if text is None else f"; absorb it first: lift-ray absorb {target}"
+        raise StoreError(f"unknown document id {doc_id} in store {store.uri}{hint}")
+    _set_threads(args.threads)
+    if known and not args.model:
+        manifest = store.latest_manifest(doc_id, args.variant)
+        engine = engine_for_manifest(manifest, cfg, store)
+        doc = doc_id
+    else:
+        engine = LiftEngine.from_config(cfg, store=store)
+        doc = doc_id if known else text
+    for question in questions:
+        if args.stream:
+            pieces = []
+            for piece in engine.stream_answer(
+                question, doc, mode, variant=args.variant, context_window=args.context_window,
+                max_new_tokens=args.max_new_tokens,
+            ):
+                pieces.append(piece)
+                if args.json:
+                    print(json.dumps({"delta": piece}, ensure_ascii=False), flush=True)
+                else:
+                    print(piece, end="", flush=True)
+            if not args.json:
+                print(flush=True)
+            else:
+                print(json.dumps({"answer": "".join(pieces).strip(), "mode": mode, "doc_id": doc_id,
+                                  "question": question}, ensure_ascii=False), flush=True)
+            continue
+        ans = engine.answer(
+            question, doc, mode, variant=args.variant, context_window=args.context_window,
+            max_new_tokens=args.max_new_tokens,
+        )
+        _emit(ans.to_json(), args.json, ans.answer if len(questions) == 1 else f"Q: {question}\nA: {ans.answer}")
+    return 0
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    """List, show or delete documents in the store."""
+    cfg = _config(args)
+    store = _store(cfg)
+    if args.action == "list":
+        rows = store.list_docs()
+        human = "\n".join(f"{r['doc_id']}  {r['num_tokens']:>8} tokens  {','.join(r['variants'])}" for r in rows)
+        _emit(rows, args.json, human or "(no documents)")
+    elif args.action == "show":
+        manifests = [m.model_dump(mode="json") for m in store.manifests(_need_id(args))]
+        if not manifests:
+            from lift_ray.store import StoreError
+
+            raise StoreError(f"unknown document id {args.id} in store {store.uri}")
+        _emit({"doc_id": args.id, "adapters": manifests}, args.json)
+    else:
+        removed = store.delete(_need_id(args), args.variant)
+        _emit({"doc_id": args.id, "deleted": removed}, args.json, f"deleted {args.id}: {', '.join(removed)}")
+    return 0
+
+
+def _need_id(args: argparse.Namespace) -> str:
+    from lift_ray.store import check_doc_id
+
+    if not args.id:
+        raise ConfigError(f"docs {args.action} needs a document id")
+    return check_doc_id(args.id)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List base models converted into the cache."""
+    from lift_ray.model import list_cached_models, models_dir
+
+    rows = list_cached_models()
+    human = "\n".join(f"{r['name']}  {r['bytes'] / 2**20:.0f} MiB  {r['path']}" for r in rows)
+    _emit(rows, args.json, human or f"(no cached models in {models_dir()})")
+    return 0
+
+
+VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "absorb": cmd_absorb,
+    "ask": cmd_ask,
+    "docs": cmd_docs,
+    "models": cmd_models,
+}
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
+    p.add_argument("--config", metavar="YAML", help="YAML config file (flags override it)")
+    p.add_argument("--store", metavar="URI", help=f"store URI or path (default: $LIFT_RAY_STORE or {default_store_uri()})")
+    p.add_argument("--json", action="store_true", help="print JSON on stdout")
+    if model:
+        p.add_argument("--model", metavar="M", help="HF model id, local directory or .gguf file (default: embedded SmolLM2)")
+        p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+        p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="base model dtype")
+        p.add_argument("--load-in-4bit", action="store_true", help="quantise the base model to NF4 (bitsandbytes)")
+        p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
+        p.add_argument("--profile", choices=["auto", "small", "large"], help="default set (auto: by model size)")
+        p.add_argument("--context-window", type=int, metavar="N", help="token budget W of the head+tail view")
+        p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lift_ray import __version__
+
+    parser = argparse.ArgumentParser(prog="lift-ray", description="Absorb long documents into adapters (LIFT) and answer questions with them.")
+    parser.add_argument("--version", action="version", version=f"lift-ray {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="{" + ",".join(VERBS) + "}")
+
+    p = sub.add_parser("absorb", help=cmd_absorb.__doc__, description=cmd_absorb.__doc__)
+    p.add_argument("file", help="UTF-8 text file")
+    p.add_argument("--adapter", choices=["lora"], help="adapter kind (default: lora)")
+    p.add_argument("--force", action="store_true", help="retrain even if this variant is already absorbed")
+    p.add_argument("--epochs", type=int, help="training epochs")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--seed", type=int, help="training seed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _common(p)
+
+    p = sub.add_parser("ask", help=cmd_ask.__doc__, description=cmd_ask.__doc__)
+    p.add_argument("doc", metavar="DOC_ID_OR_FILE", help="document id from the store, or the document's file")
+    p.add_argument("question", nargs="?", help="the question (or use --questions)")
+    p.add_argument("--questions", metavar="FILE", help="one question per line (or JSONL with a 'question' field)")
+    p.add_argument("--mode", choices=["icl", "lift", "lift+icl"], help="answer mode (default: lift+icl)")
+    p.add_argument("--variant", help="adapter variant (default: the latest)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="answer length limit")
+    p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    _common(p)
+
+    p = sub.add_parser("docs", help=cmd_docs.__doc__, description=cmd_docs.__doc__)
+    p.add_argument("action", choices=["list", "show", "delete"])
+    p.add_argument("id", nargs="?", help="document id (show, delete)")
+    p.add_argument("--variant", help="delete only this variant")
+    _common(p, model=False)
+
+    p = sub.add_parser("models", help=cmd_models.__doc__, description=cmd_models.__doc__)
+    p.add_argument("--json", action="store_true", help="print JSON on stdout")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lift_ray.errors import USER_ERRORS
+
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return VERBS[args.verb](args)
+    except USER_ERRORS as exc:
+        print(f"lift-ray: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,327 @@
+"""Configuration: one pydantic model family, loadable from YAML and overridable by CLI flags.
+
+Precedence, lowest first: generic defaults < model profile < YAML file (``--config``) < CLI flags.
+Fields whose best value depends on the model size default to ``None`` here and are filled by
+:func:`resolve_config` from the profile (see :data:`PROFILES`), once the model's size is known.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+Mode = Literal["icl", "lift", "lift+icl"]
+Profile = Literal["auto", "small", "large"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the offending field."""
+
+
+class _Base(BaseModel):
+    # extra="forbid" turns a typo in YAML into an error; protected_namespaces=() allows `model_*` fields.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
+
+
+class ModelSpec(_Base):
+    """Which base model to load and how."""
+
+    name_or_path: str = Field(
+        EMBEDDED_MODEL,
+        description="Hugging Face model id, local directory, .gguf file, or the embedded default "
+        f"'{EMBEDDED_MODEL}'.",
+    )
+    gguf_file: str | None = Field(None, description="GGUF file name inside name_or_path (a directory or hub repo).")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for a model id.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+        None, description="Compute dtype of the base model. None: the profile's choice for the device."
+    )
+    load_in_4bit: bool | None = Field(
+        None, description="Quantise the base model to 4-bit NF4 with bitsandbytes. None: the profile's choice."
+    )
+    device: str = Field("auto", description="'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub; off unless asked.")
+    attn_implementation: str | None = Field(None, description="Attention kernel (e.g. 'sdpa'); None lets transformers pick.")
+
+
+class SegmentConfig(_Base):
+    """How a document becomes contextualised training samples (paper §3.1-3.3)."""
+
+    context_window: int | None = Field(
+        None,
+        ge=16,
+        description="Token budget W of the in-context head+tail view used in training and by icl/lift+icl. "
+        "None: what the model's positions allow after the question/answer reserve.",
+    )
+    segment_length: int | None = Field(
+        None, ge=8, description="Segment length ℓ in tokens. None: min(W, the profile's cap)."
+    )
+    stride_fraction: float = Field(
+        0.375, gt=0.0, le=1.0, description="Stride between segment starts as a fraction of ℓ (paper: 3/8)."
+    )
+    max_document_chars: int = Field(
+        4_000_000, ge=1, description="Refuse documents longer than this many characters (after normalisation)."
+    )
+    recite_prompt: str = Field(
+        "Given the context above, recite the following segment of the document.",
+        description="Instruction placed between the truncated context and the target segment.",
+    )
+    mixin: str = Field(" ... ", description="Text joining the head and tail of a truncated document.")
+
+
+class TrainConfig(_Base):
+    """Optimisation of the adapter on the samples; the base model stays frozen."""
+
+    epochs: int | None = Field(None, ge=1, description="Passes over the samples. None: the profile's value.")
+    learning_rate: float | None = Field(None, gt=0, description="AdamW learning rate. None: the profile's value.")
+    betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas (paper: 0.9, 0.98).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables.")
+    samples_per_step: int | None = Field(
+        None,
+        ge=1,
+        description="Samples per optimiser update. Samples of one step share their context: it is computed "
+        "once and each segment attends to it through a block mask. None: the profile's value.",
+    )
+    gradient_checkpointing: bool | None = Field(None, description="Recompute activations in backward. None: the profile's value.")
+    seed: int = Field(0, description="Seed for adapter initialisation and sample order.")
+    shuffle: bool = Field(True, description="Shuffle the sample order every epoch (seeded).")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"betas must lie in [0, 1), got {v}")
+        return v
+
+
+class LoraAdapterConfig(_Base):
+    """LoRA through peft."""
+
+    kind: Literal["lora"] = "lora"
+    r: int | None = Field(None, ge=1, description="LoRA rank. None: the profile's value.")
+    alpha: float | None = Field(None, gt=0, description="LoRA alpha (scale = alpha / r). None: 2·r.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        None, description="Modules to adapt: 'all-linear' or a list of names. None: the profile's value."
+    )
+
+
+AdapterConfig = LoraAdapterConfig
+
+
+class InferenceConfig(_Base):
+    """How questions are answered."""
+
+    mode: Mode = Field("lift+icl", description="icl: base + truncated document; lift: adapter only; lift+icl: both.")
+    max_new_tokens: int = Field(64, ge=1, le=8192, description="Maximum tokens generated per answer.")
+    do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (with do_sample).")
+    top_p: float = Field(1.0, gt=0, le=1.0, description="Nucleus sampling mass (with do_sample).")
+    question_reserve: int = Field(
+        256, ge=16, description="Tokens reserved for the prompt wrapper and the question beside the W-token view."
+    )
+    answer_prompt: str = Field(
+        "Answer the question based on the context above. Question: {question}",
+        description="Question wording in icl and lift+icl modes ({question} is replaced).",
+    )
+    lift_prompt: str = Field(
+        "Answer the question about the document. Question: {question}",
+        description="Question wording in lift mode (no document in the prompt).",
+    )
+
+    @field_validator("answer_prompt", "lift_prompt")
+    @classmethod
+    def _has_question_slot(cls, v: str) -> str:
+        if "{question}" not in v:
+            raise ValueError("must contain the placeholder {question}")
+        return v
+
+
+class StoreConfig(_Base):
+    """Where documents and adapters live."""
+
+    uri: str | None = Field(None, description="Store URI or path. None: $LIFT_RAY_STORE or <cache>/store.")
+
+
+class LiftConfig(_Base):
+    """Everything one absorb or ask needs."""
+
+    profile: Profile = Field("auto", description="Default set: 'small' (<1B params), 'large', or 'auto' by size.")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    segments: SegmentConfig = Field(default_factory=SegmentConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+
+    @model_validator(mode="after")
+    def _segment_fits_window(self) -> "LiftConfig":
+        w, seg = self.segments.context_window, self.segments.segment_length
+        if w is not None and seg is not None and seg > 4 * w:
+            raise ValueError(f"segments.segment_length={seg} is more than 4x segments.context_window={w}")
+        return self
+
+    # --- YAML ------------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "LiftConfig":
+        return cls.model_validate(load_yaml_dict(path))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def training_hash(self) -> str:
+        """Hash of everything that changes the trained adapter (not inference or store settings)."""
+        payload = {
+            "segments": self.segments.model_dump(mode="json", exclude={"max_document_chars"}),
+            "train": self.train.model_dump(mode="json"),
+            "adapter": self.adapter.model_dump(mode="json"),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Profile defaults. "large" follows the paper (LIFT reference, Llama-3-8B); "small" is what measured
+# best on the embedded SmolLM2-135M beyond-window fact test (README, "Choosing the defaults").
+PROFILES: dict[str, dict[str, Any]] = {
+    "large": {
+        "model": {"dtype": "bfloat16", "load_in_4bit": {"cpu": False, "cuda": True}},
+        "segments": {"segment_length_cap": 2048},
+        "train": {
+            "epochs": 8,
+            "learning_rate": 2e-4,
+            "samples_per_step": 1,
+            "gradient_checkpointing": True,
+        },
+        "adapter": {"r": 128, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    },
+    "small": {
+        "model": {"dtype": {"cpu": "float32", "cuda": "bfloat16"}, "load_in_4bit": False},
+        "segments": {"segment_length_cap": 2048},
+        "train": {
+            "epochs": 8,
+            "learning_rate": 1e-3,
+            "samples_per_step": 1,
+            "gradient_checkpointing": False,
+        },
+        "adapter": {"r": 16, "target_modules": "all-linear"},
+    },
+}
+SMALL_MODEL_MAX_PARAMS = 1_000_000_000
+
+
+def pick_profile(requested: Profile, num_params: int) -> str:
+    if requested != "auto":
+        return requested
+    return "small" if num_params < SMALL_MODEL_MAX_PARAMS else "large"
+
+
+def resolve_config(
+    cfg: LiftConfig, *, num_params: int, max_positions: int, on_cuda: bool
+) -> LiftConfig:
+    """Fill every profile-dependent ``None`` and derive the token budgets.
+
+    Raises:
+        ConfigError: when the budgets cannot fit the model's positions.
+    """
+    profile = PROFILES[pick_profile(cfg.profile, num_params)]
+    data = cfg.model_dump()
+    for section in ("model", "train", "adapter"):
+        for key, value in profile[section].items():
+            if isinstance(value, dict):  # a per-device choice
+                value = value["cuda" if on_cuda else "cpu"]
+            if data[section].get(key) is None:
+                data[section][key] = value
+    if data["adapter"]["alpha"] is None:
+        data["adapter"]["alpha"] = 2.0 * data["adapter"]["r"]
+
+    seg, inf = data["segments"], data["inference"]
+    answer_budget = inf["question_reserve"] + inf["max_new_tokens"]
+    if seg["context_window"] is None:
+        seg["context_window"] = max_positions - answer_budget
+    if seg["context_window"] + answer_budget > max_positions:
+        raise ConfigError(
+            f"segments.context_window={seg['context_window']} plus inference.question_reserve="
+            f"{inf['question_reserve']} and inference.max_new_tokens={inf['max_new_tokens']} exceeds the "
+            f"model's {max_positions} positions"
+        )
+    if seg["context_window"] < 16:
+        raise ConfigError(f"the model's {max_positions} positions leave no room for a context window")
+    if seg["segment_length"] is None:
+        seg["segment_length"] = min(seg["context_window"], profile["segments"]["segment_length_cap"])
+    if seg["segment_length"] + 64 > max_positions:
+        raise ConfigError(
+            f"segments.segment_length={seg['segment_length']} does not fit the model's {max_positions} positions"
+        )
+    data["profile"] = pick_profile(cfg.profile, num_params)
+    return LiftConfig.model_validate(data)
+
+
+# --- YAML and overrides --------------------------------------------------------------------------
+
+
+def load_yaml_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"malformed YAML in {p}: {' '.join(str(exc).split())}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not UTF-8 text") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(yaml_path: str | None = None, overrides: dict[str, Any] | None = None) -> LiftConfig:
+    """YAML file (optional) overlaid with CLI overrides, validated.
+
+    Raises:
+        ConfigError: one line naming the field and the problem.
+    """
+    data = load_yaml_dict(yaml_path) if yaml_path else {}
+    data = deep_merge(data, overrides or {})
+    try:
+        return LiftConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, yaml_path)) from None
+
+
+def format_validation_error(exc: ValidationError, source: str | None = None) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        parts.append(f"{loc}: {err['msg']}")
+    where = f" in {source}" if source else ""
+    return f"invalid configuration{where}: " + "; ".join(parts)
+
+
+def cache_dir() -> Path:
+    """Root of lift-ray's cache: $LIFT_RAY_CACHE or ~/.cache/lift-ray (not created here)."""
+    return Path(os.environ.get("LIFT_RAY_CACHE") or Path.home() / ".cache" / "lift-ray")
+
+
+def default_store_uri() -> str:
+    return os.environ.get("LIFT_RAY_STORE") or str(cache_dir() / "store")

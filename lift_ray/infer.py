@@ -1,0 +1,297 @@
+"""Answering questions in the three LIFT modes, on one resident base model (paper §3.4).
+
+* ``icl``: the base model with the document truncated to a head + "..." + tail view of W tokens.
+* ``lift``: the document's adapter, no document in the prompt.
+* ``lift+icl``: the adapter and the truncated view (the paper's main setting; the default).
+
+:class:`LiftEngine` keeps the base model loaded, attaches a document's adapter on demand (keeping
+the last one attached for the next question) and detaches it cleanly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from lift_ray.adapters import AdapterHandle, load_adapter
+from lift_ray.adapters.base import AdapterError
+from lift_ray.config import LiftConfig, ModelSpec, resolve_config
+from lift_ray.model import LoadedModel, inspect_model, load_model, pick_device
+from lift_ray.segments import ChatFormat, build_prompt_ids, chat_format, normalize_text, truncate_middle
+from lift_ray.store import AdapterStore, Manifest, doc_id_for
+
+MODES = ("icl", "lift", "lift+icl")
+
+
+class QuestionError(ValueError):
+    """A question that cannot be asked (empty, too long, unknown mode)."""
+
+
+def build_question_prompt(
+    *,
+    fmt: ChatFormat,
+    tokenizer,
+    question: str,
+    mode: str,
+    doc_ids: list[int] | None,
+    context_window: int,
+    answer_prompt: str,
+    lift_prompt: str,
+    mixin: str,
+) -> list[int]:
+    """Token ids of the generation prompt for one question in one mode."""
+    if mode not in MODES:
+        raise QuestionError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    question = question.strip()
+    if not question:
+        raise QuestionError("the question is empty")
+    if mode == "lift":
+        content = tokenizer(lift_prompt.format(question=question), add_special_tokens=False)["input_ids"]
+    else:
+        if doc_ids is None:
+            raise QuestionError(f"mode {mode} needs the document text")
+        mixin_ids = tokenizer(mixin, add_special_tokens=False)["input_ids"]
+        view = truncate_middle(doc_ids, context_window, mixin_ids)
+        asked = tokenizer("\n\n" + answer_prompt.format(question=question), add_special_tokens=False)["input_ids"]
+        content = view + asked
+    return build_prompt_ids(fmt, content)
+
+
+@dataclasses.dataclass
+class Answer:
+    answer: str
+    mode: str
+    doc_id: str | None
+    variant: str | None
+    question: str
+    prompt_tokens: int
+    new_tokens: int
+    seconds: float
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class LiftEngine:
+    """A base model kept resident, a store, and the config; absorbs documents and answers questions.
+
+    Args:
+        loaded: the base model and tokenizer.
+        config: a resolved LiftConfig.
+        store: where documents and adapters live.
+    """
+
+    def __init__(self, loaded: LoadedModel, config: LiftConfig, store: AdapterStore):
+        self.loaded = loaded
+        self.config = config
+        self.store = store
+        self.fmt = chat_format(loaded.tokenizer)
+        self._handle: AdapterHandle | None = None
+        self._attached: tuple[str, str] | None = None
+
+    @classmethod
+    def from_config(cls, config: LiftConfig, store: AdapterStore | None = None) -> "LiftEngine":
+        """Inspect the model (no weights), resolve the profile defaults, then load it."""
+        from lift_ray.config import default_store_uri
+
+        info = inspect_model(config.model)
+        on_cuda = pick_device(config.model.device).type == "cuda"
+        resolved = resolve_config(config, num_params=info.num_params, max_positions=info.max_positions, on_cuda=on_cuda)
+        loaded = load_model(resolved.model)
+        store = store or AdapterStore(resolved.store.uri or default_store_uri())
+        return cls(loaded, resolved, store)
+
+    # --- absorb --------------------------------------------------------------------------------
+    def absorb(self, text: str, *, force: bool = False, progress: bool = True):
+        from lift_ray.absorb import absorb_document
+
+        self.detach()
+        return absorb_document(self.loaded, text, self.config, self.store, force=force, progress=progress)
+
+    # --- adapters ------------------------------------------------------------------------------
+    def check_manifest(self, manifest: Manifest) -> None:
+        """Refuse an adapter trained on another base model, naming both."""
+        ref = manifest.base_model
+        if ref.model_id != self.loaded.model_id or ref.weights_hash != self.loaded.weights_hash:
+            raise AdapterError(
+                f"adapter {manifest.doc_id}/{manifest.variant} was trained on {ref.model_id} ({ref.weights_hash}); "
+                f"the loaded base model is {self.loaded.model_id} ({self.loaded.weights_hash})"
+            )
+
+    def attach(self, doc_id: str, variant: str | None = None, scratch: Path | None = None) -> Manifest:
+        """Attach the document's adapter (the latest variant unless named); a no-op if already attached."""
+        manifest = self.store.latest_manifest(doc_id, variant)
+        key = (manifest.doc_id, manifest.variant)
+        if self._attached == key:
+            return manifest
+        self.check_manifest(manifest)
+        directory = self.store.adapter_dir(manifest.doc_id, manifest.variant, scratch=scratch)
+        self.detach()
+        from lift_ray.config import AdapterConfig
+
+        adapter_cfg = AdapterConfig.model_validate(manifest.adapter_config)
+        self._handle = load_adapter(self.loaded.model, adapter_cfg, directory, base_model_id=self.loaded.model_id)
+        self._attached = key
+        return manifest
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self.loaded.model = self._handle.detach()
+            self._handle = None
+            self._attached = None
+
+    # --- answering -----------------------------------------------------------------------------
+    def _resolve_doc(self, doc: str) -> tuple[str | None, str | None]:
+        """(doc_id, text) for a document id in the store or a raw text."""
+        from lift_ray.store import _DOC_ID
+
+        if _DOC_ID.match(doc):
+            return doc, self.store.text(doc)
+        text = normalize_text(doc)
+        return doc_id_for(text), text
+
+    def _prepare(
+        self,
+        question: str,
+        doc: str,
+        mode: str,
+        variant: str | None,
+        context_window: int | None,
+    ) -> tuple[list[int], torch.nn.Module, str | None, str | None, object]:
+        if mode not in MODES:
+            raise QuestionError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        doc_id, text = self._resolve_doc(doc)
+        manifest = None
+        if mode in ("lift", "lift+icl"):
+            manifest = self.attach(doc_id, variant)
+        elif self.store.variants(doc_id):  # icl on an absorbed document: same W as its adapter saw
+            manifest = self.store.latest_manifest(doc_id, variant)
+        window = context_window or (manifest.context_window if manifest else self.config.segments.context_window)
+        tok = self.loaded.tokenizer
+        doc_ids = tok(text, add_special_tokens=False)["input_ids"] if mode != "lift" else None
+        inf = self.config.inference
+        prompt = build_question_prompt(
+            fmt=self.fmt,
+            tokenizer=tok,
+            question=question,
+            mode=mode,
+            doc_ids=doc_ids,
+            context_window=window,
+            answer_prompt=inf.answer_prompt,
+            lift_prompt=inf.lift_prompt,
+            mixin=self.config.segments.mixin,
+        )
+        if len(prompt) > self.loaded.max_positions - 1:
+            raise QuestionError(
+                f"prompt of {len(prompt)} tokens does not fit the model's {self.loaded.max_positions} positions"
+            )
+        if mode == "icl" and self._handle is not None:
+            disable = self._handle.disabled()
+        else:
+            import contextlib
+
+            disable = contextlib.nullcontext()
+        module = self._handle.module if (self._handle is not None and mode != "icl") else self.loaded.model
+        used_variant = manifest.variant if manifest is not None and mode != "icl" else None
+        return prompt, module, doc_id, used_variant, disable
+
+    def _generate_kwargs(self, prompt: list[int], max_new_tokens: int | None) -> dict:
+        inf = self.config.inference
+        device = self.loaded.device
+        input_ids = torch.tensor([prompt], device=device)
+        budget = self.loaded.max_positions - len(prompt)
+        kwargs = dict(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max(1, min(max_new_tokens or inf.max_new_tokens, budget)),
+            do_sample=inf.do_sample,
+            pad_token_id=self.loaded.tokenizer.pad_token_id,
+            eos_token_id=[t for t in {self.loaded.tokenizer.eos_token_id, self.fmt.reply_end[-1] if self.fmt.reply_end else None} if t is not None],
+        )
+        if inf.do_sample:
+            kwargs.update(temperature=inf.temperature, top_p=inf.top_p)
+        else:  # silence generation_config sampling defaults under greedy decoding
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+    def answer(
+        self,
+        question: str,
+        doc: str,
+        mode: str | None = None,
+        *,
+        variant: str | None = None,
+        context_window: int | None = None,
+        max_new_tokens: int | None = None,
+    ) -> Answer:
+        """Answer one question about a document.
+
+        Args:
+            question: the question.
+            doc: a document id in the store, or the document text itself (icl only needs the text).
+            mode: "icl", "lift" or "lift+icl". Default: the config's mode.
+            variant: which adapter variant; default the latest.
+            context_window: W of the head+tail view; default the adapter's recorded W.
+            max_new_tokens: default the config's.
+        """
+        mode = mode or self.config.inference.mode
+        start = time.perf_counter()
+        prompt, module, doc_id, used_variant, disable = self._prepare(question, doc, mode, variant, context_window)
+        kwargs = self._generate_kwargs(prompt, max_new_tokens)
+        with torch.inference_mode(), disable:
+            out = module.generate(**kwargs)
+        new = out[0, len(prompt) :]
+        text = self.loaded.tokenizer.decode(new, skip_special_tokens=True).strip()
+        return Answer(text, mode, doc_id, used_variant, question, len(prompt), int(new.numel()), round(time.perf_counter() - start, 3))
+
+    def stream_answer(
+        self,
+        question: str,
+        doc: str,
+        mode: str | None = None,
+        *,
+        variant: str | None = None,
+        context_window: int | None = None,
+        max_new_tokens: int | None = None,
+    ) -> Iterator[str]:
+        """Yield the answer's text as it is generated (same arguments as :meth:`answer`)."""
+        from transformers import TextIteratorStreamer
+
+        mode = mode or self.config.inference.mode
+        prompt, module, _, _, disable = self._prepare(question, doc, mode, variant, context_window)
+        streamer = TextIteratorStreamer(self.loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = self._generate_kwargs(prompt, max_new_tokens)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode(), disable:
+                    module.generate(**kwargs, streamer=streamer)
+            except BaseException as exc:  # surfaced in the caller's thread below
+                errors.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        yield from streamer
+        thread.join()
+        if errors:
+            raise errors[0]
+
+
+def engine_for_manifest(manifest: Manifest, config: LiftConfig, store: AdapterStore) -> LiftEngine:
+    """An engine on the base model a manifest names (ask reads model and variant from the store)."""
+    recorded = manifest.config.get("model", {})
+    spec = ModelSpec.model_validate({**recorded, "name_or_path": manifest.base_model.model_id, "device": config.model.device})
+    cfg = config.model_copy(update={"model": spec})
+    return LiftEngine.from_config(cfg, store=store)
+
+
+def log(msg: str) -> None:
+    print(f"lift-ray: {msg}", file=sys.stderr, flush=True)

@@ -1,0 +1,296 @@
+"""Overlapping segmentation and contextualised training samples (LIFT paper §3.1 and §3.3).
+
+A document of N tokens is cut into segments of ℓ tokens whose starts are s = round(f·ℓ) apart
+(f = 3/8 in the paper), the last segment aligned to the end, so every token is covered and sits
+in several positions. Each segment becomes one SFT conversation:
+
+    user:      <head of document> ... <tail of document>  (≤ C tokens)  + recite prompt
+    assistant: <segment tokens>
+
+with the loss on the assistant tokens only. The truncated view is the same head+tail view the
+model sees at inference in icl / lift+icl mode, so training and test formats agree.
+
+Samples keep the length of their shared prefix (everything before the reply): samples with the
+same prefix can be packed into one sequence where the prefix is computed once (see
+:func:`pack_shared_prefix`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import unicodedata
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+# --- text normalisation ------------------------------------------------------------------------
+
+
+def normalize_text(text: str) -> str:
+    """Canonical form of a document, the input of its content hash.
+
+    Unicode NFC; CRLF and CR become LF; trailing spaces and tabs on each line are dropped; leading
+    and trailing blank lines are dropped; the text ends without a newline.
+    """
+    text = unicodedata.normalize("NFC", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    lines = [line.rstrip(" \t") for line in text.split("\n")]
+    return "\n".join(lines).strip("\n")
+
+
+# --- chat format -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatFormat:
+    """Token pieces that wrap one user message and one assistant reply in the model's chat template."""
+
+    user_start: tuple[int, ...]  # before the user content (system prompt, role header, BOS)
+    reply_start: tuple[int, ...]  # after the user content, up to where the reply begins
+    reply_end: tuple[int, ...]  # closes the reply (end-of-turn / EOS); trained as part of the target
+
+
+def chat_format(tokenizer) -> ChatFormat:
+    """Read the pieces off the tokenizer's chat template; plain text with EOS when there is none."""
+    enc = lambda s: tuple(tokenizer(s, add_special_tokens=False)["input_ids"]) if s else ()  # noqa: E731
+    eos = (tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ()
+    if not getattr(tokenizer, "chat_template", None):
+        bos = (tokenizer.bos_token_id,) if tokenizer.bos_token_id is not None else ()
+        return ChatFormat(bos, enc("\n\n"), eos)
+    user, reply = "\x00USER\x00", "\x00REPLY\x00"
+    full = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user}, {"role": "assistant", "content": reply}], tokenize=False
+    )
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+    )
+    before, after = prompt.split(user)
+    _, rest = full.split(user)
+    between, end = rest.split(reply)
+    if not between.startswith(after):
+        # Templates that render the reply header differently from the generation prompt: trust the latter.
+        between = after
+    end_ids = enc(end)
+    if eos and eos[0] in end_ids:  # stop the target at the EOS; what follows (a newline) is not generated
+        end_ids = end_ids[: end_ids.index(eos[0]) + 1]
+    elif not end_ids:
+        end_ids = eos
+    return ChatFormat(enc(before), enc(after), end_ids)
+
+
+# --- segmentation and truncation --------------------------------------------------------------
+
+
+def segment_spans(n_tokens: int, length: int, stride: int) -> list[tuple[int, int]]:
+    """Half-open [start, end) spans of ``length`` tokens every ``stride`` tokens; the last ends at n."""
+    if length < 1 or stride < 1:
+        raise ValueError(f"length and stride must be positive, got {length}, {stride}")
+    if n_tokens <= length:
+        return [(0, n_tokens)] if n_tokens else []
+    starts = list(range(0, n_tokens - length + 1, stride))
+    if starts[-1] + length < n_tokens:
+        starts.append(n_tokens - length)
+    return [(s, s + length) for s in starts]
+
+
+def stride_for(length: int, fraction: float) -> int:
+    return max(1, round(length * fraction))
+
+
+def truncate_middle(ids: list[int], budget: int, mixin: list[int]) -> list[int]:
+    """Head + mixin + tail of ``ids`` in at most ``budget`` tokens (all of ``ids`` if it fits)."""
+    if len(ids) <= budget:
+        return list(ids)
+    keep = budget - len(mixin)
+    if keep < 2:
+        raise ValueError(f"a budget of {budget} tokens cannot hold the mixin of {len(mixin)} tokens")
+    head = keep // 2
+    tail = keep - head
+    return list(ids[:head]) + list(mixin) + list(ids[len(ids) - tail :])
+
+
+# --- samples ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Sample:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX outside the target
+    prefix_len: int  # tokens before the reply; equal prefixes can share computation
+    kind: str = "segment"
+
+    @property
+    def num_target_tokens(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+def build_prompt_ids(fmt: ChatFormat, user_content: list[int]) -> list[int]:
+    """A full generation prompt: chat wrapper around the user content, ready for the reply."""
+    return [*fmt.user_start, *user_content, *fmt.reply_start]
+
+
+def build_sample(fmt: ChatFormat, user_content: list[int], reply: list[int], kind: str) -> Sample:
+    prefix = build_prompt_ids(fmt, user_content)
+    target = [*reply, *fmt.reply_end]
+    return Sample(prefix + target, [IGNORE_INDEX] * len(prefix) + target, len(prefix), kind)
+
+
+@dataclasses.dataclass
+class Budgets:
+    """Token budgets of one absorb, derived from W, ℓ and the model's positions."""
+
+    context_window: int  # W: the head+tail view at inference
+    train_context: int  # C ≤ W: the head+tail view inside training samples
+    segment_length: int  # ℓ
+    stride: int
+    max_positions: int
+
+
+def compute_budgets(
+    *, context_window: int, segment_length: int, stride_fraction: float, max_positions: int, overhead: int
+) -> Budgets:
+    """C = min(W, positions - ℓ - overhead) so that context + prompt + segment always fits.
+
+    Raises:
+        ValueError: when the segment and wrapper alone do not fit the model's positions.
+    """
+    room = max_positions - segment_length - overhead
+    if room < 0:
+        raise ValueError(
+            f"segment_length={segment_length} plus {overhead} prompt tokens exceeds the model's {max_positions} positions"
+        )
+    return Budgets(
+        context_window=context_window,
+        train_context=min(context_window, room),
+        segment_length=segment_length,
+        stride=stride_for(segment_length, stride_fraction),
+        max_positions=max_positions,
+    )
+
+
+def segment_samples(
+    doc_ids: list[int],
+    *,
+    fmt: ChatFormat,
+    tokenizer,
+    context_window: int,
+    segment_length: int,
+    stride_fraction: float,
+    max_positions: int,
+    recite_prompt: str,
+    mixin: str,
+) -> tuple[list[Sample], Budgets]:
+    """Contextualised recitation samples for every segment of the document."""
+    prompt_ids = tokenizer("\n\n" + recite_prompt, add_special_tokens=False)["input_ids"]
+    mixin_ids = tokenizer(mixin, add_special_tokens=False)["input_ids"]
+    overhead = len(fmt.user_start) + len(prompt_ids) + len(fmt.reply_start) + len(fmt.reply_end)
+    budgets = compute_budgets(
+        context_window=context_window,
+        segment_length=segment_length,
+        stride_fraction=stride_fraction,
+        max_positions=max_positions,
+        overhead=overhead,
+    )
+    context = truncate_middle(doc_ids, budgets.train_context, mixin_ids) if budgets.train_context > 0 else []
+    user_content = context + prompt_ids
+    samples = [
+        build_sample(fmt, user_content, list(doc_ids[s:e]), "segment")
+        for s, e in segment_spans(len(doc_ids), budgets.segment_length, budgets.stride)
+    ]
+    return samples, budgets
+
+
+# --- packing ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PackedBatch:
+    input_ids: torch.Tensor  # (1, T)
+    labels: torch.Tensor  # (1, T)
+    position_ids: torch.Tensor  # (1, T)
+    attention_mask: torch.Tensor | None  # (1, 1, T, T) bool, True = may attend; None when plain causal
+    logit_positions: torch.Tensor  # (n,) index of the token whose logits predict each target
+    targets: torch.Tensor  # (n,) the target token ids
+    num_tokens_unpacked: int  # what the same samples cost one by one
+
+    def to(self, device) -> "PackedBatch":
+        return dataclasses.replace(
+            self,
+            input_ids=self.input_ids.to(device),
+            labels=self.labels.to(device),
+            position_ids=self.position_ids.to(device),
+            attention_mask=None if self.attention_mask is None else self.attention_mask.to(device),
+            logit_positions=self.logit_positions.to(device),
+            targets=self.targets.to(device),
+        )
+
+
+def pack_shared_prefix(samples: list[Sample]) -> PackedBatch:
+    """One sequence: the shared prefix once, then each sample's reply as its own branch.
+
+    Each branch attends causally to the prefix and to itself, never to another branch, and its
+    positions continue from the prefix, so the logits of every reply token equal those of the
+    sample run alone (a tree attention mask). The samples must share their prefix.
+    """
+    first = samples[0]
+    prefix = first.input_ids[: first.prefix_len]
+    for s in samples[1:]:
+        if s.prefix_len != first.prefix_len or s.input_ids[: s.prefix_len] != prefix:
+            raise ValueError("pack_shared_prefix needs samples with identical prefixes")
+    p = len(prefix)
+    if p < 1 or any(x != IGNORE_INDEX for x in first.labels[:p]):
+        raise ValueError("samples must have a non-empty prefix without targets")
+    ids, labels, pos = list(prefix), list(first.labels[:p]), list(range(p))
+    branches: list[tuple[int, int]] = []
+    logit_positions: list[int] = []
+    targets: list[int] = []
+    for s in samples:
+        start = len(ids)
+        reply = s.input_ids[p:]
+        for j, label in enumerate(s.labels[p:]):
+            if label != IGNORE_INDEX:
+                # The first reply token is predicted by the prefix's last token, shared by all branches.
+                logit_positions.append(p - 1 if j == 0 else start + j - 1)
+                targets.append(label)
+        ids += reply
+        labels += s.labels[p:]
+        pos += range(p, p + len(reply))
+        branches.append((start, len(ids)))
+    t = len(ids)
+    mask = None
+    if len(samples) > 1:
+        mask = torch.zeros(t, t, dtype=torch.bool)
+        mask[:, :p] = True
+        causal = torch.ones(t, t, dtype=torch.bool).tril()
+        mask[:p] &= causal[:p]
+        for a, b in branches:
+            mask[a:b, a:b] = causal[a:b, a:b]
+        mask = mask[None, None]
+    return PackedBatch(
+        input_ids=torch.tensor([ids]),
+        labels=torch.tensor([labels]),
+        position_ids=torch.tensor([pos]),
+        attention_mask=mask,
+        logit_positions=torch.tensor(logit_positions, dtype=torch.long),
+        targets=torch.tensor(targets, dtype=torch.long),
+        num_tokens_unpacked=sum(len(s.input_ids) for s in samples),
+    )
+
+
+def group_for_packing(samples: list[Sample], per_step: int) -> list[list[Sample]]:
+    """Consecutive runs of at most ``per_step`` samples that share a prefix (order kept)."""
+    groups: list[list[Sample]] = []
+    for s in samples:
+        last = groups[-1] if groups else None
+        if (
+            last is not None
+            and len(last) < per_step
+            and last[0].prefix_len == s.prefix_len
+            and last[0].input_ids[: s.prefix_len] == s.input_ids[: s.prefix_len]
+        ):
+            last.append(s)
+        else:
+            groups.append([s])
+    return groups

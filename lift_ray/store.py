@@ -1,0 +1,283 @@
+"""Document and adapter store behind a URI (a local path today; fsspec URIs use the same code).
+
+Layout under the root::
+
+    docs/<doc_id>/document.txt                     normalised text (ICL and LIFT+ICL need it)
+    docs/<doc_id>/adapters/<variant>/<weights>     safetensors (+ kind config, e.g. peft's files)
+    docs/<doc_id>/adapters/<variant>/manifest.json written last
+
+An adapter is visible iff its ``manifest.json`` exists, and a document iff it has a visible
+adapter. Because the manifest is written last (and removed first on delete or retrain), a reader
+never sees a half-written entry; the rule needs no rename, so it also holds on object stores. On a
+local filesystem each file is additionally written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lift_ray.segments import normalize_text
+from lift_ray.train import TrainMetrics
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DOCUMENT = "document.txt"
+_DOC_ID = re.compile(r"^[0-9a-f]{32}$")
+_VARIANT = re.compile(r"^[a-z][a-z0-9_]*-[0-9a-f]{12}$")
+
+
+class StoreError(ValueError):
+    """Unknown or invalid id, or an unreadable entry."""
+
+
+class BaseModelRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_id: str
+    weights_hash: str
+    num_params: int
+    max_positions: int
+
+
+class Manifest(BaseModel):
+    """One adapter of one document. Versioned; readers migrate older versions in :func:`parse_manifest`."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    format_version: int = FORMAT_VERSION
+    doc_id: str
+    variant: str
+    adapter_kind: str
+    base_model: BaseModelRef
+    adapter_config: dict[str, Any]
+    config_hash: str
+    config: dict[str, Any] = Field(description="Resolved segments/train/adapter settings used for training.")
+    context_window: int
+    num_tokens: int = Field(description="Tokens of the document.")
+    num_samples: int
+    training: TrainMetrics
+    files: dict[str, str] = Field(description="File name -> sha256 of every file of the adapter.")
+    created_at: str
+    lift_ray_version: str
+
+
+def parse_manifest(raw: str | bytes, where: str) -> Manifest:
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise StoreError(f"{where}: manifest is not JSON ({exc})") from None
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != FORMAT_VERSION:
+        raise StoreError(f"{where}: manifest format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise StoreError(f"{where}: invalid manifest: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+
+
+def doc_id_for(text: str) -> str:
+    """Content hash of the normalised text."""
+    return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()[:32]
+
+
+def variant_id(kind: str, model_id: str, weights_hash: str, config_hash: str) -> str:
+    key = json.dumps([kind, model_id, weights_hash, config_hash])
+    return f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def check_doc_id(doc_id: str) -> str:
+    if not isinstance(doc_id, str) or not _DOC_ID.match(doc_id):
+        raise StoreError(f"invalid document id {doc_id!r}: expected 32 lowercase hex characters")
+    return doc_id
+
+
+def check_variant(variant: str) -> str:
+    if not isinstance(variant, str) or not _VARIANT.match(variant):
+        raise StoreError(f"invalid variant {variant!r}: expected <kind>-<12 hex characters>")
+    return variant
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class AdapterStore:
+    """Documents and their adapters under one URI.
+
+    Nothing is created on disk until the first :meth:`publish`, so read-only use (and refused
+    input) leaves no trace.
+    """
+
+    def __init__(self, uri: str):
+        import fsspec
+
+        self.uri = uri
+        self.fs, root = fsspec.core.url_to_fs(uri)
+        self.root = root.rstrip("/")
+        self._local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+
+    def __repr__(self) -> str:
+        return f"AdapterStore({self.uri!r})"
+
+    # --- paths ---------------------------------------------------------------------------------
+    def _doc_dir(self, doc_id: str) -> str:
+        return f"{self.root}/docs/{check_doc_id(doc_id)}"
+
+    def _adapter_dir(self, doc_id: str, variant: str) -> str:
+        return f"{self._doc_dir(doc_id)}/adapters/{check_variant(variant)}"
+
+    # --- low-level io --------------------------------------------------------------------------
+    def _write_bytes(self, path: str, data: bytes) -> None:
+        if self._local:
+            parent = os.path.dirname(path)
+            os.makedirs(parent, exist_ok=True)
+            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def _put_file(self, local: Path, path: str) -> None:
+        if self._local:
+            self._write_bytes(path, Path(local).read_bytes())
+        else:
+            self.fs.put_file(str(local), path)
+
+    def _read_text(self, path: str) -> str:
+        with self.fs.open(path, "rb") as fh:
+            return fh.read().decode("utf-8")
+
+    # --- queries -------------------------------------------------------------------------------
+    def variants(self, doc_id: str) -> list[str]:
+        """Visible variants of a document (those with a manifest)."""
+        base = f"{self._doc_dir(doc_id)}/adapters"
+        try:
+            names = self.fs.ls(base, detail=False)
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            variant = name.rstrip("/").rsplit("/", 1)[-1]
+            if _VARIANT.match(variant) and self.fs.exists(f"{base}/{variant}/{MANIFEST}"):
+                out.append(variant)
+        return sorted(out)
+
+    def has(self, doc_id: str, variant: str) -> bool:
+        return self.fs.exists(f"{self._adapter_dir(doc_id, variant)}/{MANIFEST}")
+
+    def manifest(self, doc_id: str, variant: str) -> Manifest:
+        path = f"{self._adapter_dir(doc_id, variant)}/{MANIFEST}"
+        try:
+            raw = self._read_text(path)
+        except FileNotFoundError:
+            raise StoreError(f"document {doc_id} has no adapter {variant} in {self.uri}") from None
+        return parse_manifest(raw, f"{doc_id}/{variant}")
+
+    def manifests(self, doc_id: str) -> list[Manifest]:
+        return [self.manifest(doc_id, v) for v in self.variants(doc_id)]
+
+    def latest_manifest(self, doc_id: str, variant: str | None = None) -> Manifest:
+        """The named variant, or the most recently created one. Raises StoreError if none."""
+        if variant is not None:
+            return self.manifest(doc_id, variant)
+        found = self.manifests(doc_id)
+        if not found:
+            raise StoreError(f"unknown document id {doc_id} in store {self.uri}")
+        return max(found, key=lambda m: m.created_at)
+
+    def text(self, doc_id: str) -> str:
+        if not self.variants(doc_id):
+            raise StoreError(f"unknown document id {doc_id} in store {self.uri}")
+        return self._read_text(f"{self._doc_dir(doc_id)}/{DOCUMENT}")
+
+    def list_docs(self) -> list[dict[str, Any]]:
+        """One row per visible document: id, variants, token count, created time."""
+        try:
+            entries = self.fs.ls(f"{self.root}/docs", detail=False)
+        except FileNotFoundError:
+            return []
+        rows = []
+        for entry in sorted(entries):
+            doc_id = entry.rstrip("/").rsplit("/", 1)[-1]
+            if not _DOC_ID.match(doc_id):
+                continue
+            manifests = self.manifests(doc_id)
+            if manifests:
+                rows.append(
+                    {
+                        "doc_id": doc_id,
+                        "variants": [m.variant for m in manifests],
+                        "num_tokens": manifests[0].num_tokens,
+                        "created_at": min(m.created_at for m in manifests),
+                    }
+                )
+        return rows
+
+    def adapter_dir(self, doc_id: str, variant: str, scratch: Path | None = None) -> Path:
+        """A local directory with the adapter's files, verified against the manifest's hashes."""
+        manifest = self.manifest(doc_id, variant)
+        remote = self._adapter_dir(doc_id, variant)
+        if self._local:
+            local = Path(remote)
+        else:
+            if scratch is None:
+                raise StoreError("a scratch directory is needed to fetch a remote adapter")
+            local = Path(scratch) / doc_id / variant
+            local.mkdir(parents=True, exist_ok=True)
+            for name in manifest.files:
+                self.fs.get_file(f"{remote}/{name}", str(local / name))
+        for name, digest in manifest.files.items():
+            path = local / name
+            if not path.is_file() or sha256_file(path) != digest:
+                raise StoreError(f"adapter file {doc_id}/{variant}/{name} is missing or corrupted (hash mismatch)")
+        return local
+
+    # --- writes --------------------------------------------------------------------------------
+    def publish(self, manifest: Manifest, text: str, files_dir: Path) -> None:
+        """Upload text and adapter files, then the manifest (which makes the entry visible)."""
+        doc_id, variant = check_doc_id(manifest.doc_id), check_variant(manifest.variant)
+        if doc_id_for(text) != doc_id:
+            raise StoreError("text does not hash to the manifest's doc_id")
+        adapter_dir = self._adapter_dir(doc_id, variant)
+        manifest_path = f"{adapter_dir}/{MANIFEST}"
+        if self.fs.exists(manifest_path):  # retrain: hide the old entry before touching its files
+            self.fs.rm(manifest_path)
+        doc_path = f"{self._doc_dir(doc_id)}/{DOCUMENT}"
+        if not self.fs.exists(doc_path):
+            self._write_bytes(doc_path, normalize_text(text).encode("utf-8"))
+        for name in manifest.files:
+            self._put_file(Path(files_dir) / name, f"{adapter_dir}/{name}")
+        self._write_bytes(manifest_path, manifest.model_dump_json(indent=2).encode("utf-8"))
+
+    def delete(self, doc_id: str, variant: str | None = None) -> list[str]:
+        """Delete one variant, or the whole document; manifests go first. Returns the variants removed."""
+        variants = [check_variant(variant)] if variant else self.variants(doc_id)
+        if not variants:
+            raise StoreError(f"unknown document id {doc_id} in store {self.uri}")
+        for v in variants:
+            if not self.has(doc_id, v):
+                raise StoreError(f"document {doc_id} has no adapter {v} in {self.uri}")
+        for v in variants:
+            self.fs.rm(f"{self._adapter_dir(doc_id, v)}/{MANIFEST}")
+            self.fs.rm(self._adapter_dir(doc_id, v), recursive=True)
+        if not self.variants(doc_id):
+            self.fs.rm(self._doc_dir(doc_id), recursive=True)
+        return variants

@@ -1,0 +1,122 @@
+"""Shared fixtures: a tiny random Llama saved like a real checkpoint, seeds, isolated cache/store."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+
+import pytest
+import torch
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. Port Quillon is a harbour town.",
+    "Given the context above, recite the following segment of the document.",
+    "Answer the question based on the context above. Question: who designed the lighthouse?",
+    "0123456789 ... the keeper keeps a tortoise named Marlowe.",
+]
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
+    fast.chat_template = CHATML
+    return fast
+
+
+def make_tiny_llama(vocab_size: int, seed: int = 0, **overrides):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    cfg.update(overrides)
+    return LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama + BPE tokenizer saved as a local checkpoint directory."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tok = make_tokenizer()
+    model = make_tiny_llama(len(tok))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def pytest_configure(config):
+    # Tests never touch the user's cache or store. LIFT_RAY_TEST_CACHE keeps the converted
+    # embedded model between sessions; by default each session converts it once into a temp dir.
+    os.environ["LIFT_RAY_CACHE"] = os.environ.get("LIFT_RAY_TEST_CACHE") or tempfile.mkdtemp(prefix="lift-ray-test-cache-")
+    os.environ.pop("LIFT_RAY_STORE", None)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_loaded(tiny_model_dir):
+    from lift_ray.config import ModelSpec
+    from lift_ray.model import load_model
+
+    return load_model(ModelSpec(name_or_path=str(tiny_model_dir), dtype="float32", load_in_4bit=False, device="cpu"))
+
+
+@pytest.fixture
+def tiny_config(tiny_model_dir, tmp_path):
+    """A resolved config for the tiny model: short windows, few epochs."""
+    from lift_ray.config import build_config, resolve_config
+
+    cfg = build_config(
+        None,
+        {
+            "model": {"name_or_path": str(tiny_model_dir), "device": "cpu"},
+            "segments": {"context_window": 48, "segment_length": 32},
+            "train": {"epochs": 2, "learning_rate": 1e-2},
+            "inference": {"max_new_tokens": 8, "question_reserve": 64},
+            "store": {"uri": str(tmp_path / "store")},
+        },
+    )
+    return resolve_config(cfg, num_params=10**6, max_positions=1024, on_cuda=False)
+
+
+LONG_TEXT = " ".join(
+    f"Sentence number {i} says that the keeper keeps a tortoise named Marlowe {i}." for i in range(30)
+)
