@@ -18,7 +18,8 @@ from lift_ray import __version__
 from lift_ray.adapters import attach_adapter
 from lift_ray.config import LiftConfig
 from lift_ray.model import LoadedModel
-from lift_ray.segments import chat_format, normalize_text, segment_samples
+from lift_ray.aux_qa import QAPair, generate_pairs, make_generator, qa_samples
+from lift_ray.segments import Sample, chat_format, normalize_text, segment_samples
 from lift_ray.store import AdapterStore, BaseModelRef, Manifest, doc_id_for, now_iso, sha256_file, variant_id
 from lift_ray.train import TrainMetrics, train_adapter
 
@@ -65,10 +66,14 @@ class AbsorbResult:
     store: str
     seconds: float
     training: TrainMetrics | None = None
+    qa_pairs: list[QAPair] = dataclasses.field(default_factory=list)
 
-    def to_json(self) -> dict:
-        out = dataclasses.asdict(self)
+    def to_json(self, show_qa: bool = False) -> dict:
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("training", "qa_pairs")}
         out["training"] = self.training.model_dump() if self.training else None
+        out["num_qa_pairs"] = len(self.qa_pairs)
+        if show_qa:
+            out["qa_pairs"] = [p.model_dump() for p in self.qa_pairs]
         return out
 
 
@@ -101,13 +106,14 @@ def absorb_document(
     tok = loaded.tokenizer
     if store.has(doc_id, variant) and not force:
         manifest = store.manifest(doc_id, variant)
-        return AbsorbResult(doc_id, variant, "already_absorbed", manifest.num_tokens, store.uri, 0.0)
+        return AbsorbResult(doc_id, variant, "already_absorbed", manifest.num_tokens, store.uri, 0.0, manifest.training)
 
     doc_ids = tok(text, add_special_tokens=False)["input_ids"]
     seg = cfg.segments
+    fmt = chat_format(tok)
     samples, budgets = segment_samples(
         doc_ids,
-        fmt=chat_format(tok),
+        fmt=fmt,
         tokenizer=tok,
         context_window=seg.context_window,
         segment_length=seg.segment_length,
@@ -116,18 +122,40 @@ def absorb_document(
         recite_prompt=seg.recite_prompt,
         mixin=seg.mixin,
     )
+    pairs = auxiliary_pairs(loaded, text, doc_id, cfg)
+    qa = qa_samples(
+        pairs,
+        fmt=fmt,
+        tokenizer=tok,
+        doc_ids=doc_ids,
+        context_window=seg.context_window,
+        answer_prompt=cfg.inference.answer_prompt,
+        mixin=seg.mixin,
+    )
+    stages = training_stages(samples, qa, cfg)
     if progress:
         print(
             f"lift-ray: absorbing {doc_id}: {len(doc_ids)} tokens -> {len(samples)} segments "
-            f"(ℓ={budgets.segment_length}, stride={budgets.stride}, context={budgets.train_context}), "
-            f"{cfg.adapter.kind} adapter, {cfg.train.epochs} epochs",
+            f"(ℓ={budgets.segment_length}, stride={budgets.stride}, context={budgets.train_context}) + "
+            f"{len(qa)} QA pairs, {cfg.adapter.kind} adapter, "
+            + " then ".join(f"{epochs} epochs on {name}" for name, _, epochs in stages),
             file=sys.stderr,
             flush=True,
         )
     torch.manual_seed(cfg.train.seed)  # adapter initialisation is part of the reproducible run
     handle = attach_adapter(loaded.model, cfg.adapter, base_model_id=loaded.model_id)
     try:
-        metrics = train_adapter(handle, samples, cfg.train, progress=progress, desc=f"absorb {doc_id[:8]}")
+        stage_metrics = [
+            train_adapter(
+                handle,
+                stage_samples,
+                cfg.train.model_copy(update={"epochs": epochs}),
+                progress=progress,
+                desc=f"stage {i}/{len(stages)} {name}",
+            )
+            for i, (name, stage_samples, epochs) in enumerate(stages, 1)
+        ]
+        metrics = combine_metrics(stage_metrics)
         with tempfile.TemporaryDirectory(prefix="lift-ray-adapter-") as tmp:
             names = handle.save(Path(tmp))
             manifest = Manifest(
@@ -144,13 +172,16 @@ def absorb_document(
                 config_hash=cfg.training_hash(),
                 config={
                     "segments": cfg.segments.model_dump(mode="json"),
+                    "aux_qa": cfg.aux_qa.model_dump(mode="json"),
                     "train": cfg.train.model_dump(mode="json"),
                     "model": cfg.model.model_dump(mode="json"),
                 },
                 context_window=seg.context_window,
                 num_tokens=len(doc_ids),
-                num_samples=len(samples),
+                num_samples=len(samples) + len(qa),
+                num_qa_pairs=len(qa),
                 training=metrics,
+                training_stages=stage_metrics,
                 files={name: sha256_file(Path(tmp) / name) for name in names},
                 created_at=now_iso(),
                 lift_ray_version=__version__,
@@ -159,5 +190,39 @@ def absorb_document(
     finally:
         loaded.model = handle.detach()
     return AbsorbResult(
-        doc_id, variant, "absorbed", len(doc_ids), store.uri, round(time.perf_counter() - start, 3), metrics
+        doc_id, variant, "absorbed", len(doc_ids), store.uri, round(time.perf_counter() - start, 3), metrics, pairs
+    )
+
+
+def auxiliary_pairs(loaded: LoadedModel, text: str, doc_id: str, cfg: LiftConfig) -> list[QAPair]:
+    """Verified QA pairs for the document (cached per document and generator settings)."""
+    generator = make_generator(cfg.aux_qa, loaded=loaded)
+    if generator is None:
+        return []
+    return generate_pairs(text, doc_id, generator)
+
+
+def training_stages(segments: list[Sample], qa: list[Sample], cfg: LiftConfig) -> list[tuple[str, list[Sample], int]]:
+    """The schedule: segments only, or (paper §3.3) stage 1 segments, stage 2 segments + QA."""
+    if not qa:
+        return [("segments", segments, cfg.train.epochs)]
+    stages = [("segments", segments, cfg.aux_qa.stage1_epochs), ("segments+QA", segments + qa, cfg.aux_qa.stage2_epochs)]
+    return [stage for stage in stages if stage[2]]
+
+
+def combine_metrics(stages: list[TrainMetrics]) -> TrainMetrics:
+    if len(stages) == 1:
+        return stages[0]
+    seconds = sum(m.seconds for m in stages)
+    sample_tokens = sum(m.sample_tokens for m in stages)
+    return TrainMetrics(
+        steps=sum(m.steps for m in stages),
+        epochs=sum(m.epochs for m in stages),
+        samples=max(m.samples for m in stages),
+        target_tokens=sum(m.target_tokens for m in stages),
+        sample_tokens=sample_tokens,
+        computed_tokens=sum(m.computed_tokens for m in stages),
+        seconds=round(seconds, 3),
+        tokens_per_second=round(sample_tokens / seconds, 1) if seconds > 0 else 0.0,
+        epoch_losses=[x for m in stages for x in m.epoch_losses],
     )

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lift_ray.config import ConfigError, LiftConfig, build_config, default_store_uri
+from lift_ray.config import ADAPTER_KINDS, ConfigError, LiftConfig, build_config, default_store_uri
 
 EXIT_BAD_INPUT = 2
 
@@ -48,6 +48,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("model", "load_in_4bit"): True if getattr(args, "load_in_4bit", False) else None,
         ("model", "trust_remote_code"): True if getattr(args, "trust_remote_code", False) else None,
         ("adapter", "kind"): getattr(args, "adapter", None),
+        ("aux_qa", "generator"): getattr(args, "qa", None),
         ("segments", "context_window"): getattr(args, "context_window", None),
         ("train", "epochs"): getattr(args, "epochs", None),
         ("train", "learning_rate"): getattr(args, "lr", None),
@@ -92,7 +93,12 @@ def cmd_absorb(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     engine = LiftEngine.from_config(cfg)
     result = engine.absorb(text, force=args.force, progress=not args.quiet)
-    payload = result.to_json()
+    payload = result.to_json(show_qa=args.show_qa)
+    if args.show_qa and not args.json:
+        for pair in result.qa_pairs:
+            print(f"Q: {pair.question}\nA: {pair.answer}", flush=True)
+        if result.status == "already_absorbed":
+            _log("already absorbed: the pairs are listed when the document is (re)trained (--force)")
     human = (
         f"{result.status}: {result.doc_id} variant {result.variant} ({result.num_tokens} tokens"
         + (f", {result.training.tokens_per_second} tok/s, {result.seconds} s)" if result.training else ")")
@@ -252,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("absorb", help=cmd_absorb.__doc__, description=cmd_absorb.__doc__)
     p.add_argument("file", help="UTF-8 text file")
-    p.add_argument("--adapter", choices=["lora"], help="adapter kind (default: lora)")
+    p.add_argument("--adapter", choices=list(ADAPTER_KINDS), help="adapter kind (default: lora)")
+    p.add_argument("--qa", choices=["none", "rules", "llm"], help="auxiliary QA generator (default: the profile's)")
+    p.add_argument("--show-qa", action="store_true", help="print the auxiliary QA pairs trained on")
     p.add_argument("--force", action="store_true", help="retrain even if this variant is already absorbed")
     p.add_argument("--epochs", type=int, help="training epochs")
     p.add_argument("--lr", type=float, help="learning rate")

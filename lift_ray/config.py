@@ -11,10 +11,20 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -77,6 +87,36 @@ class SegmentConfig(_Base):
     mixin: str = Field(" ... ", description="Text joining the head and tail of a truncated document.")
 
 
+class AuxQAConfig(_Base):
+    """Auxiliary question -> short-answer tasks about the document (paper §3.3 "auxiliary tasks")."""
+
+    generator: Literal["none", "rules", "llm"] | None = Field(
+        None,
+        description="Who writes the QA pairs: 'none' (segments only), 'rules' (offline sentence rules, for "
+        "small models), 'llm' (a chat model writes them; checked against the text). None: the profile's choice.",
+    )
+    max_pairs: int = Field(64, ge=1, description="At most this many verified QA pairs per document, spread over it.")
+    max_pairs_per_sentence: int = Field(
+        2, ge=1, description="Rule generator: at most this many pairs from one sentence (the AT density)."
+    )
+    sentences_per_window: int = Field(
+        16, ge=1, description="LLM generator: consecutive sentences shown to the model per request (paper: ~16)."
+    )
+    pairs_per_window: int = Field(4, ge=1, description="LLM generator: pairs asked for per window of sentences.")
+    llm_endpoint: str | None = Field(
+        None,
+        description="LLM generator: base URL of an OpenAI-compatible API (POST <url>/chat/completions). "
+        "None: the loaded base model writes the pairs.",
+    )
+    llm_model: str | None = Field(None, description="LLM generator: model name sent to llm_endpoint.")
+    stage1_epochs: int | None = Field(
+        None, ge=0, description="Two-stage schedule: epochs on segments only before the QA pairs join. None: the profile's value."
+    )
+    stage2_epochs: int | None = Field(
+        None, ge=0, description="Two-stage schedule: epochs on segments + QA pairs. None: the profile's value."
+    )
+
+
 class TrainConfig(_Base):
     """Optimisation of the adapter on the samples; the base model stays frozen."""
 
@@ -106,7 +146,9 @@ class TrainConfig(_Base):
 class LoraAdapterConfig(_Base):
     """LoRA through peft."""
 
-    kind: Literal["lora"] = "lora"
+    kind: Literal["lora"] = Field(
+        "lora", description="Adapter kind: lora (peft) or gated_memory (the paper's Gated Memory)."
+    )
     r: int | None = Field(None, ge=1, description="LoRA rank. None: the profile's value.")
     alpha: float | None = Field(None, gt=0, description="LoRA alpha (scale = alpha / r). None: 2·r.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
@@ -115,7 +157,52 @@ class LoraAdapterConfig(_Base):
     )
 
 
-AdapterConfig = LoraAdapterConfig
+class GatedMemoryAdapterConfig(_Base):
+    """The paper's Gated Memory: a memory MLP and a gate per attention head (lift_ray.adapters.gated_memory)."""
+
+    kind: Literal["gated_memory"] = Field(
+        "gated_memory", description="Adapter kind: gated_memory (per-head memory + gate before o_proj)."
+    )
+    gate_hidden: int = Field(11, ge=1, description="Gated Memory: hidden size of each head's gate MLP (paper: 11).")
+    memory_expansion: int = Field(
+        2, ge=1, description="Gated Memory: hidden size of each head's memory MLP, in multiples of head_dim (paper: 2)."
+    )
+    gate_init: float = Field(
+        0.05,
+        gt=0.0,
+        lt=1.0,
+        description="Gated Memory: gate value of the untrained adapter, the share of each head's output "
+        "taken from memory (paper: about 0.05).",
+    )
+
+
+def _adapter_kind(value: Any) -> str:
+    # A plain Field(discriminator="kind") would reject `adapter: {r: 8}`; without a kind it is LoRA, the default.
+    if isinstance(value, dict):
+        return value.get("kind", "lora")
+    return getattr(value, "kind", "lora")
+
+
+AdapterConfig = Annotated[
+    Union[Annotated[LoraAdapterConfig, Tag("lora")], Annotated[GatedMemoryAdapterConfig, Tag("gated_memory")]],
+    Discriminator(_adapter_kind),
+]
+_ADAPTER_CONFIG = TypeAdapter(AdapterConfig)
+
+
+ADAPTER_KINDS = ("lora", "gated_memory")
+
+
+def parse_adapter_config(data: dict[str, Any]) -> LoraAdapterConfig | GatedMemoryAdapterConfig:
+    """The adapter config of the kind named by ``data["kind"]`` (e.g. from a stored manifest).
+
+    Raises:
+        ConfigError: unknown kind or invalid fields, named in one line.
+    """
+    try:
+        return _ADAPTER_CONFIG.validate_python(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "adapter config")) from None
 
 
 class InferenceConfig(_Base):
@@ -158,8 +245,9 @@ class LiftConfig(_Base):
     profile: Profile = Field("auto", description="Default set: 'small' (<1B params), 'large', or 'auto' by size.")
     model: ModelSpec = Field(default_factory=ModelSpec)
     segments: SegmentConfig = Field(default_factory=SegmentConfig)
+    aux_qa: AuxQAConfig = Field(default_factory=AuxQAConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    adapter: AdapterConfig = Field(default_factory=LoraAdapterConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
 
@@ -182,6 +270,8 @@ class LiftConfig(_Base):
         """Hash of everything that changes the trained adapter (not inference or store settings)."""
         payload = {
             "segments": self.segments.model_dump(mode="json", exclude={"max_document_chars"}),
+            "aux_qa": self.aux_qa.model_dump(mode="json"),
+            "answer_prompt": self.inference.answer_prompt,  # QA samples are trained in this format
             "train": self.train.model_dump(mode="json"),
             "adapter": self.adapter.model_dump(mode="json"),
         }
@@ -194,9 +284,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "large": {
         "model": {"dtype": "bfloat16", "load_in_4bit": {"cpu": False, "cuda": True}},
         "segments": {"segment_length_cap": 2048},
+        "aux_qa": {"generator": "llm", "stage1_epochs": 3, "stage2_epochs": 5},
         "train": {
             "epochs": 8,
-            "learning_rate": 2e-4,
+            "learning_rate": {"lora": 2e-4, "gated_memory": 1e-3},
             "samples_per_step": 1,
             "gradient_checkpointing": True,
         },
@@ -205,10 +296,11 @@ PROFILES: dict[str, dict[str, Any]] = {
     "small": {
         "model": {"dtype": {"cpu": "float32", "cuda": "bfloat16"}, "load_in_4bit": False},
         "segments": {"segment_length_cap": 2048},
+        "aux_qa": {"generator": "rules", "stage1_epochs": 3, "stage2_epochs": 5},
         "train": {
             "epochs": 8,
-            "learning_rate": 1e-3,
-            "samples_per_step": 1,
+            "learning_rate": {"lora": 1e-3, "gated_memory": 1e-3},
+            "samples_per_step": 4,
             "gradient_checkpointing": False,
         },
         "adapter": {"r": 16, "target_modules": "all-linear"},
@@ -233,13 +325,18 @@ def resolve_config(
     """
     profile = PROFILES[pick_profile(cfg.profile, num_params)]
     data = cfg.model_dump()
-    for section in ("model", "train", "adapter"):
+    # The profile's adapter keys are LoRA's; other kinds have no size-dependent fields.
+    sections = ("model", "segments", "aux_qa", "train")
+    sections += ("adapter",) if cfg.adapter.kind == "lora" else ()
+    for section in sections:
         for key, value in profile[section].items():
-            if isinstance(value, dict):  # a per-device choice
-                value = value["cuda" if on_cuda else "cpu"]
+            if key not in data[section]:  # derived below (segment_length_cap)
+                continue
+            if isinstance(value, dict):  # a per-device or per-adapter-kind choice
+                value = value.get(cfg.adapter.kind, value.get("cuda" if on_cuda else "cpu"))
             if data[section].get(key) is None:
                 data[section][key] = value
-    if data["adapter"]["alpha"] is None:
+    if cfg.adapter.kind == "lora" and data["adapter"]["alpha"] is None:
         data["adapter"]["alpha"] = 2.0 * data["adapter"]["r"]
 
     seg, inf = data["segments"], data["inference"]
@@ -325,3 +422,26 @@ def cache_dir() -> Path:
 
 def default_store_uri() -> str:
     return os.environ.get("LIFT_RAY_STORE") or str(cache_dir() / "store")
+
+
+def reference_markdown() -> str:
+    """The README's config reference, generated from the field descriptions (a test keeps it in sync)."""
+    sections = [
+        ("model", ModelSpec),
+        ("segments", SegmentConfig),
+        ("aux_qa", AuxQAConfig),
+        ("train", TrainConfig),
+        ("adapter", LoraAdapterConfig),
+        ("adapter", GatedMemoryAdapterConfig),
+        ("inference", InferenceConfig),
+        ("store", StoreConfig),
+    ]
+    lines = ["| key | default | meaning |", "|---|---|---|", f"| `profile` | `auto` | {LiftConfig.model_fields['profile'].description} |"]
+    for name, model in sections:
+        for field, info in model.model_fields.items():
+            if model is GatedMemoryAdapterConfig and field == "kind":  # one `adapter.kind` row, LoRA's, names both
+                continue
+            default = info.get_default(call_default_factory=True)
+            shown = "profile" if default is None and "profile" in (info.description or "") else json.dumps(default, ensure_ascii=False)
+            lines.append(f"| `{name}.{field}` | `{shown}` | {(info.description or '').replace('|', '/')} |")
+    return "\n".join(lines)

@@ -133,9 +133,9 @@ class LiftEngine:
         self.check_manifest(manifest)
         directory = self.store.adapter_dir(manifest.doc_id, manifest.variant, scratch=scratch)
         self.detach()
-        from lift_ray.config import AdapterConfig
+        from lift_ray.config import parse_adapter_config
 
-        adapter_cfg = AdapterConfig.model_validate(manifest.adapter_config)
+        adapter_cfg = parse_adapter_config(manifest.adapter_config)
         self._handle = load_adapter(self.loaded.model, adapter_cfg, directory, base_model_id=self.loaded.model_id)
         self._attached = key
         return manifest

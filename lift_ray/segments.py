@@ -194,11 +194,8 @@ def segment_samples(
         overhead=overhead,
     )
     context = truncate_middle(doc_ids, budgets.train_context, mixin_ids) if budgets.train_context > 0 else []
-    user_content = context + prompt_ids
-    samples = [
-        build_sample(fmt, user_content, list(doc_ids[s:e]), "segment")
-        for s, e in segment_spans(len(doc_ids), budgets.segment_length, budgets.stride)
-    ]
+    spans = segment_spans(len(doc_ids), budgets.segment_length, budgets.stride)
+    samples = [build_sample(fmt, context + prompt_ids, list(doc_ids[s:e]), "segment") for s, e in spans]
     return samples, budgets
 
 
@@ -280,17 +277,18 @@ def pack_shared_prefix(samples: list[Sample]) -> PackedBatch:
 
 
 def group_for_packing(samples: list[Sample], per_step: int) -> list[list[Sample]]:
-    """Consecutive runs of at most ``per_step`` samples that share a prefix (order kept)."""
+    """Steps of at most ``per_step`` samples that share a prefix, in order of their first sample.
+
+    Samples with different prefixes (e.g. recitation and QA samples) fill separate groups, so a
+    shuffled order still packs fully.
+    """
     groups: list[list[Sample]] = []
+    open_groups: dict[tuple[int, ...], list[Sample]] = {}
     for s in samples:
-        last = groups[-1] if groups else None
-        if (
-            last is not None
-            and len(last) < per_step
-            and last[0].prefix_len == s.prefix_len
-            and last[0].input_ids[: s.prefix_len] == s.input_ids[: s.prefix_len]
-        ):
-            last.append(s)
-        else:
-            groups.append([s])
+        key = tuple(s.input_ids[: s.prefix_len])
+        group = open_groups.get(key)
+        if group is None or len(group) >= per_step:
+            group = open_groups[key] = []
+            groups.append(group)
+        group.append(s)
     return groups

@@ -62,7 +62,9 @@ class Manifest(BaseModel):
     context_window: int
     num_tokens: int = Field(description="Tokens of the document.")
     num_samples: int
+    num_qa_pairs: int = Field(0, description="Auxiliary QA pairs trained on (paper §3.3).")
     training: TrainMetrics
+    training_stages: list[TrainMetrics] = Field(default_factory=list, description="Per stage of the schedule.")
     files: dict[str, str] = Field(description="File name -> sha256 of every file of the adapter.")
     created_at: str
     lift_ray_version: str

@@ -83,6 +83,8 @@ def pytest_configure(config):
     os.environ["LIFT_RAY_CACHE"] = os.environ.get("LIFT_RAY_TEST_CACHE") or tempfile.mkdtemp(prefix="lift-ray-test-cache-")
     os.environ.pop("LIFT_RAY_STORE", None)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Tiny-model ops gain nothing from threads; the real-model tests set their own count.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -4,11 +4,14 @@ import pytest
 import torch
 
 from lift_ray.adapters import ADAPTERS, AdapterError, attach_adapter, load_adapter
-from lift_ray.config import LoraAdapterConfig
+from lift_ray.config import GatedMemoryAdapterConfig, LoraAdapterConfig
 from lift_ray.segments import pack_shared_prefix, Sample, IGNORE_INDEX
 from lift_ray.train import packed_loss
 
-CONFIGS = {"lora": LoraAdapterConfig(r=4, alpha=8, target_modules="all-linear")}
+CONFIGS = {
+    "gated_memory": GatedMemoryAdapterConfig(),
+    "lora": LoraAdapterConfig(r=4, alpha=8, target_modules="all-linear"),
+}
 
 
 @pytest.fixture(params=sorted(ADAPTERS))
@@ -22,7 +25,7 @@ def _logits(module, ids):
 
 
 def _perturb(handle):
-    """Give the adapter non-identity weights (LoRA B starts at zero, which would hide bugs)."""
+    """Give the adapter non-identity weights (LoRA B and Gated Memory W2, w2 start at zero, which would hide bugs)."""
     with torch.no_grad():
         for p in handle.trainable_parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -95,17 +98,17 @@ def test_one_training_step_changes_outputs(tiny_loaded, adapter_cfg):
 
 def test_mismatched_weights_are_refused_before_any_change(tiny_loaded, adapter_cfg, tmp_path):
     handle = attach_adapter(tiny_loaded.model, adapter_cfg)
-    handle.save(tmp_path)
+    weights = next(n for n in handle.save(tmp_path) if n.endswith(".safetensors"))
     state = handle.state_dict()
     tiny_loaded.model = handle.detach()
     before = {k: v.clone() for k, v in tiny_loaded.model.state_dict().items()}
     # same keys, wrong shapes (as from a base model of another size)
     from safetensors.torch import save_file
 
-    save_file({k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) for k, v in state.items()}, str(tmp_path / "adapter_model.safetensors"))
+    save_file({k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) for k, v in state.items()}, str(tmp_path / weights))
     with pytest.raises(AdapterError, match="shape"):
         load_adapter(tiny_loaded.model, adapter_cfg, tmp_path)
-    (tmp_path / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    (tmp_path / weights).write_bytes(b"not a safetensors file")
     with pytest.raises(AdapterError, match="cannot read"):
         load_adapter(tiny_loaded.model, adapter_cfg, tmp_path)
     after = tiny_loaded.model.state_dict()
@@ -130,5 +133,5 @@ def test_unknown_kind_is_refused(tiny_loaded):
     class Fake:
         kind = "nope"
 
-    with pytest.raises(AdapterError, match="unknown adapter kind 'nope'; known: lora"):
+    with pytest.raises(AdapterError, match="unknown adapter kind 'nope'; known: gated_memory, lora"):
         attach_adapter(tiny_loaded.model, Fake())

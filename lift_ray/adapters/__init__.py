@@ -7,9 +7,10 @@ from pathlib import Path
 import torch
 
 from lift_ray.adapters.base import AdapterError, AdapterHandle
+from lift_ray.adapters.gated_memory import GatedMemoryHandle
 from lift_ray.adapters.lora import LoraHandle
 
-ADAPTERS: dict[str, type] = {"lora": LoraHandle}
+ADAPTERS: dict[str, type] = {"gated_memory": GatedMemoryHandle, "lora": LoraHandle}
 
 
 def adapter_class(kind: str) -> type:

@@ -1,0 +1,326 @@
+"""Gated Memory (Mao et al., LIFT, arXiv 2502.14644 v3, method section "Gated Memory"), behind the adapter contract.
+
+Every attention head of every layer gets a memory MLP ``m`` and a scalar gate ``g``. Both read the
+head's query *before* RoPE, so the memory is addressed by content, not by position:
+
+    m(q) = W2 · SiLU(W1 · q)                   W1: D → E·D, W2: E·D → D   (paper: E = 2, no biases)
+    g(q) = σ(3 · (w2 · SiLU(W1' · q) − c))     W1': D → h, w2: h → 1      (paper: h = 11, c = 1)
+    o    = (1 − g(q)) · attn(q, K, V) + g(q) · m(q)
+
+and ``o`` replaces the head's attention output in front of the frozen ``o_proj``. The paper's
+offset c = 1 makes the gate σ(−3) ≈ 0.047 when w2 = 0; here c = −logit(gate_init) / 3, which is
+exactly 1 for ``gate_init = σ(−3)`` and 0.98 for the default 0.05. For Llama-3-8B (32 layers × 32
+heads, D = 128) that is 67.1M memory + 1.45M gate parameters, the paper's 68.6M.
+
+The base model is neither copied nor patched: two hooks per layer do the work. A forward hook on
+``q_proj`` keeps its output, the current tokens' pre-RoPE queries (so decoding with a KV cache and
+4-bit ``Linear4bit`` projections need nothing special), and a forward pre-hook on ``o_proj`` swaps
+the attention output for the gated mix. Both fire again when gradient checkpointing recomputes a
+layer, and neither depends on the attention kernel (eager, sdpa, flash).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import threading
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lift_ray.adapters.base import AdapterError, check_state_dict
+from lift_ray.config import GatedMemoryAdapterConfig
+
+WEIGHTS_NAME = "gated_memory.safetensors"
+CONFIG_NAME = "gated_memory_config.json"
+
+
+@dataclass(frozen=True)
+class _Arch:
+    """Where one architecture keeps what the hooks need, as attribute paths."""
+
+    layers: str  # from the CausalLM to the list of decoder layers
+    attention: str  # from a decoder layer to its attention module
+    q_proj: str  # from the attention module
+    o_proj: str
+
+
+# Keyed by config.model_type. SmolLM and most Llama derivatives report "llama". head_dim and the
+# number of query heads come from the config (see _head_shape), the same for all of these.
+ARCHITECTURES: dict[str, _Arch] = {
+    "llama": _Arch(layers="model.layers", attention="self_attn", q_proj="q_proj", o_proj="o_proj"),
+    "mistral": _Arch(layers="model.layers", attention="self_attn", q_proj="q_proj", o_proj="o_proj"),
+    "qwen2": _Arch(layers="model.layers", attention="self_attn", q_proj="q_proj", o_proj="o_proj"),
+}
+
+# Models that carry a Gated Memory now; kept outside the model so that detach leaves no attribute behind.
+_ATTACHED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+class GatedMemoryLayer(nn.Module):
+    """The memories and gates of all heads of one attention layer, as per-head weight stacks.
+
+    Args:
+        num_heads (int): query heads H.
+        head_dim (int): D.
+        memory_hidden (int): hidden size of each memory MLP (paper: 2·D).
+        gate_hidden (int): hidden size h of each gate MLP (paper: 11).
+        gate_offset (float): c in the gate, fixed; c = 1 is the paper's.
+        device (torch.device): where the weights live (the layer's device in the base model).
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_dim: int,
+        memory_hidden: int,
+        gate_hidden: int,
+        gate_offset: float,
+        device: torch.device,
+    ):
+        super().__init__()
+        self.num_heads, self.head_dim, self.gate_offset = num_heads, head_dim, gate_offset
+        # float32 whatever the base's dtype: a bf16 or 4-bit base would round away small updates.
+        make = functools.partial(torch.empty, device=device, dtype=torch.float32)
+        self.memory_in = nn.Parameter(make(num_heads, memory_hidden, head_dim))  # W1 per head
+        self.memory_out = nn.Parameter(make(num_heads, head_dim, memory_hidden))  # W2 per head
+        self.gate_in = nn.Parameter(make(num_heads, gate_hidden, head_dim))  # W1' per head
+        self.gate_out = nn.Parameter(make(num_heads, gate_hidden))  # w2 per head
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # The untrained adapter must stay close to the base. w2 = 0 makes the gate exactly gate_init for
+        # every token, and W2 = 0 makes the memory output 0 (as LoRA's B = 0), so the start is the base
+        # with each head's output damped by 1 − gate_init and no random signal added. W1 and W1' get
+        # nn.Linear's default range U(±1/√D), so the first gradients of W2 (∝ SiLU(W1·q)) and of w2
+        # (∝ SiLU(W1'·q)) are not zero and training can move away from that point.
+        bound = 1.0 / math.sqrt(self.head_dim)
+        nn.init.uniform_(self.memory_in, -bound, bound)
+        nn.init.uniform_(self.gate_in, -bound, bound)
+        nn.init.zeros_(self.memory_out)
+        nn.init.zeros_(self.gate_out)
+
+    def forward(
+        self, query: torch.Tensor, attn: torch.Tensor, forced_gate: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mix each head's attention output with its memory read-out.
+
+        Args:
+            query (torch.Tensor): q_proj's output before RoPE, (..., H·D).
+            attn (torch.Tensor): the attention output o_proj would get, (..., H·D).
+            forced_gate (float | None): use this gate value instead of g(q). Default: None.
+
+        Returns:
+            The mixed heads (..., H·D) in attn's dtype, and the gate (..., H) in float32.
+        """
+        q = query.float().unflatten(-1, (self.num_heads, self.head_dim))  # (B, T, H, D)
+        a = attn.float().unflatten(-1, (self.num_heads, self.head_dim))  # (B, T, H, D)
+        hidden = F.silu(torch.einsum("...hd,hmd->...hm", q, self.memory_in))  # (B, T, H, E·D)
+        memory = torch.einsum("...hm,hdm->...hd", hidden, self.memory_out)  # (B, T, H, D)
+        if forced_gate is None:
+            gate_hidden = F.silu(torch.einsum("...hd,hkd->...hk", q, self.gate_in))  # (B, T, H, h)
+            score = torch.einsum("...hk,hk->...h", gate_hidden, self.gate_out)  # (B, T, H)
+            gate = torch.sigmoid(3.0 * (score - self.gate_offset))  # (B, T, H)
+        else:
+            gate = torch.full(a.shape[:-1], forced_gate, dtype=torch.float32, device=a.device)  # (B, T, H)
+        g = gate.unsqueeze(-1)  # (B, T, H, 1)
+        mixed = (1.0 - g) * a + g * memory  # (B, T, H, D)
+        return mixed.flatten(-2).to(attn.dtype), gate  # (B, T, H·D), (B, T, H)
+
+
+class GatedMemory(nn.Module):
+    """One :class:`GatedMemoryLayer` per decoder layer; its state_dict is the saved adapter."""
+
+    def __init__(self, layers: list[GatedMemoryLayer]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+
+class _QueryStash(threading.local):
+    """Each layer's query, from its q_proj to its o_proj; per thread, so concurrent forwards cannot swap them."""
+
+    def __init__(self, num_layers: int):
+        self.queries: list[torch.Tensor | None] = [None] * num_layers
+
+
+def _get(obj, path: str):
+    return functools.reduce(getattr, path.split("."), obj)
+
+
+def _arch_of(model: nn.Module) -> _Arch:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise AdapterError(
+            f"Gated Memory does not support architecture {model_type!r}; "
+            f"supported: {', '.join(sorted(ARCHITECTURES))} (config.model_type)"
+        )
+    return ARCHITECTURES[model_type]
+
+
+def _head_shape(config) -> tuple[int, int]:
+    """(query heads, head_dim) from a transformers config."""
+    num_heads = config.num_attention_heads
+    return num_heads, getattr(config, "head_dim", None) or config.hidden_size // num_heads
+
+
+def gate_offset(gate_init: float) -> float:
+    """The c for which σ(3·(0 − c)) = gate_init, i.e. the gate of an untrained adapter (w2 = 0)."""
+    return -math.log(gate_init / (1.0 - gate_init)) / 3.0
+
+
+class GatedMemoryHandle:
+    """A Gated Memory attached to a base model through hooks; ``module`` is the base model itself."""
+
+    kind: ClassVar[str] = "gated_memory"
+
+    def __init__(self, model: nn.Module, memory: GatedMemory, cfg: GatedMemoryAdapterConfig, base_model_id: str | None):
+        self.module = model
+        self.memory = memory
+        self._base = model
+        self._cfg = cfg
+        self._base_model_id = base_model_id
+        self._base_requires_grad = [p.requires_grad for p in model.parameters()]
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._stash = _QueryStash(len(memory.layers))
+        self._gates: list[torch.Tensor | None] = [None] * len(memory.layers)  # mean gate per layer, last forward
+        self._enabled = True
+        self._forced_gate: float | None = None
+
+    @classmethod
+    def attach(
+        cls, model: nn.Module, cfg: GatedMemoryAdapterConfig, base_model_id: str | None = None
+    ) -> "GatedMemoryHandle":
+        """Add a fresh (untrained) Gated Memory to every attention layer of ``model`` and freeze the base.
+
+        Raises:
+            AdapterError: unsupported architecture, unexpected projection shapes, or already attached.
+        """
+        arch = _arch_of(model)
+        if model in _ATTACHED:
+            raise AdapterError("this model already carries a Gated Memory; detach it first")
+        num_heads, head_dim = _head_shape(model.config)
+        attentions = [_get(layer, arch.attention) for layer in _get(model, arch.layers)]
+        layers = []
+        for i, attention in enumerate(attentions):
+            q_proj, o_proj = _get(attention, arch.q_proj), _get(attention, arch.o_proj)
+            if q_proj.out_features != num_heads * head_dim or o_proj.in_features != num_heads * head_dim:
+                raise AdapterError(
+                    f"layer {i}: q_proj gives {q_proj.out_features} and o_proj takes {o_proj.in_features} "
+                    f"features, expected {num_heads} heads × {head_dim}"
+                )
+            layers.append(
+                GatedMemoryLayer(
+                    num_heads,
+                    head_dim,
+                    memory_hidden=cfg.memory_expansion * head_dim,
+                    gate_hidden=cfg.gate_hidden,
+                    gate_offset=gate_offset(cfg.gate_init),
+                    device=o_proj.weight.device,
+                )
+            )
+        handle = cls(model, GatedMemory(layers), cfg, base_model_id)
+        model.requires_grad_(False)
+        for i, attention in enumerate(attentions):
+            q_proj, o_proj = _get(attention, arch.q_proj), _get(attention, arch.o_proj)
+            handle._hooks.append(q_proj.register_forward_hook(functools.partial(handle._keep_query, i)))
+            handle._hooks.append(o_proj.register_forward_pre_hook(functools.partial(handle._mix, i)))
+        _ATTACHED.add(model)
+        return handle
+
+    # --- hooks -----------------------------------------------------------------------------------
+    def _keep_query(self, index: int, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self._stash.queries[index] = output  # (B, T, H·D), pre-RoPE
+
+    def _mix(self, index: int, module: nn.Module, args: tuple) -> tuple | None:
+        queries = self._stash.queries
+        query, queries[index] = queries[index], None  # drop the reference as soon as it is used
+        if not self._enabled:
+            return None
+        if query is None:
+            raise RuntimeError(f"Gated Memory: layer {index}'s o_proj ran without its q_proj in the same forward")
+        attn, *rest = args  # (B, T, H·D)
+        mixed, gate = self.memory.layers[index](query, attn, self._forced_gate)
+        self._gates[index] = gate.detach().mean()
+        return (mixed, *rest)
+
+    # --- the contract ----------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.memory.parameters())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.memory.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        check_state_dict(self.state_dict(), state, "Gated Memory")
+        self.memory.load_state_dict(state)  # copies into the float32 parameters, casting if needed
+
+    def save(self, directory: Path) -> list[str]:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(self.state_dict(), str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        first = self.memory.layers[0]
+        config = {
+            **self._cfg.model_dump(mode="json"),
+            "base_model_name_or_path": self._base_model_id,
+            "model_type": self._base.config.model_type,
+            "num_layers": len(self.memory.layers),
+            "num_heads": first.num_heads,
+            "head_dim": first.head_dim,
+        }
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        return [WEIGHTS_NAME, CONFIG_NAME]
+
+    @staticmethod
+    def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(Path(directory) / WEIGHTS_NAME))
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise AdapterError(f"cannot read {WEIGHTS_NAME}: {exc}") from None
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        """The hooks pass the attention output through untouched: exactly the base model."""
+        was, self._enabled = self._enabled, False
+        try:
+            yield
+        finally:
+            self._enabled = was
+
+    @contextlib.contextmanager
+    def force_gate(self, value: float) -> Iterator[None]:
+        """Every gate is ``value`` within the context (0: the base's outputs, computed through the mix)."""
+        was, self._forced_gate = self._forced_gate, float(value)
+        try:
+            yield
+        finally:
+            self._forced_gate = was
+
+    def mean_gate(self) -> float | None:
+        """Mean gate over layers, heads and tokens of the last forward; None before any."""
+        gates = [g for g in self._gates if g is not None]
+        return torch.stack(gates).mean().item() if gates else None
+
+    def detach(self) -> nn.Module:
+        """Remove the hooks and give back the base model as it was before attach (a second call is a no-op)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        if self.module is not None:
+            for p, flag in zip(self._base.parameters(), self._base_requires_grad):
+                p.requires_grad_(flag)
+            _ATTACHED.discard(self._base)
+        self._stash = _QueryStash(len(self.memory.layers))
+        self.module = None
+        return self._base

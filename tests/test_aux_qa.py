@@ -1,0 +1,389 @@
+"""Auxiliary QA: sentence splitting, rule generator quality, evidence check, LLM back-ends, cache, samples."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from lift_ray.aux_qa import (
+    LLMQAGenerator,
+    LocalChatBackend,
+    OpenAIChatBackend,
+    PromptTooLong,
+    QAPair,
+    RuleQAGenerator,
+    generate_pairs,
+    generate_report,
+    make_generator,
+    parse_json_lines,
+    qa_samples,
+    split_sentences,
+    verify,
+    verify_pairs,
+)
+from lift_ray.config import AuxQAConfig, ConfigError, InferenceConfig, LiftConfig, SegmentConfig, build_config
+from lift_ray.infer import build_question_prompt
+from lift_ray.segments import IGNORE_INDEX, chat_format, pack_shared_prefix, truncate_middle
+from lift_ray.train import packed_loss
+
+DATA = Path(__file__).resolve().parents[1] / "lift_ray" / "data"
+SAMPLE = (DATA / "sample_document.txt").read_text(encoding="utf-8")
+
+# A made-up paragraph unrelated to the sample document, for the generic rule checks.
+GLASSWORKS = """Glassmaking in Velmora
+
+Velmora is a river town in the province of Castelan. The glassworks of Velmora was built by a merchant \
+named Ilse Brandt. The building was completed in 1887. The main furnace is called the Red Mouth. The owner \
+keeps a grey parrot named Pip. Each apprentice must polish the lenses forty times before the exam, and the \
+best apprentice receives a silver medal. The windows are made from river sand. The workshop has twelve \
+furnaces. The glassblowers meet on the last Friday of every month. The first kiln took three winters to build.
+"""
+
+
+def _pairs(text, **kw):
+    sentences = split_sentences(text)
+    raw = RuleQAGenerator(**kw).generate(text, sentences)
+    kept, dropped = verify_pairs(raw, text, sentences)
+    return raw, kept, dropped
+
+
+# --- sentences -----------------------------------------------------------------------------------
+
+
+def test_split_sentences_keeps_abbreviations_decimals_and_headings():
+    text = (
+        "Notes on Glass\n\n"
+        "Dr. Brandt met Mr. Pike 3.5 km from the St. Ives road. They spoke, e.g. about glass! "
+        'Was it "good"? It was. J. R. Smith agreed.\n'
+        "- first item\n- second item\n\n"
+        "Body text that is hard\nwrapped across lines. Next sentence."
+    )
+    assert split_sentences(text) == [
+        "Notes on Glass",
+        "Dr. Brandt met Mr. Pike 3.5 km from the St. Ives road.",
+        "They spoke, e.g. about glass!",
+        'Was it "good"?',
+        "It was.",
+        "J. R. Smith agreed.",
+        "- first item",
+        "- second item",
+        "Body text that is hard wrapped across lines.",
+        "Next sentence.",
+    ]
+
+
+# --- rule generator --------------------------------------------------------------------------------
+
+
+def test_rules_on_a_made_up_paragraph():
+    raw, kept, dropped = _pairs(GLASSWORKS)
+    assert dropped == 0 and len(kept) == len(raw)
+    qa = {(p.question, p.answer) for p in kept}
+    expected = {
+        ("In which province is Velmora?", "Castelan"),
+        ("Who built the glassworks of Velmora?", "Ilse Brandt"),
+        ("When was the building completed?", "1887"),
+        ("What is the main furnace called?", "the Red Mouth"),
+        ("What is the name of the grey parrot that the owner keeps?", "Pip"),
+        ("What does the best apprentice receive?", "a silver medal"),
+        ("How many times must each apprentice polish the lenses?", "forty times"),
+        ("What are the windows made from?", "river sand"),
+        ("How many furnaces does the workshop have?", "twelve furnaces"),
+        ("When do the glassblowers meet?", "on the last Friday of every month"),
+        ("How long did the first kiln take to build?", "three winters"),
+    }
+    assert expected <= qa, expected - qa
+    for p in kept:
+        assert p.question[0].isupper() and p.question.endswith("?")
+        assert p.evidence == split_sentences(GLASSWORKS)[p.sentence_index]
+        assert p.generator.startswith("rules:")
+    # the density setting caps pairs per sentence
+    _, one, _ = _pairs(GLASSWORKS, max_pairs_per_sentence=1)
+    assert max(sum(p.sentence_index == i for p in one) for i in range(20)) == 1
+
+
+def test_rules_resolve_pronouns_and_read_clauses():
+    text = (
+        "The Orchard Society was established in 1923 by three sisters from Kelby. Its president is a retired "
+        "pilot named Agnes Moor. She has written two books about grafting. When the harvest fails, the members "
+        "share their stores. The cider is made from wild apples, and the labels are printed in Dunmore. The first "
+        "trees were planted on the southern slope. Every October the society elects a new treasurer."
+    )
+    _, kept, dropped = _pairs(text)
+    qa = {(p.question, p.answer) for p in kept}
+    expected = {
+        ("Who established the Orchard Society in 1923?", "three sisters from Kelby"),
+        ("When was the Orchard Society established?", "1923"),
+        ("What is the name of the president of the Orchard Society?", "Agnes Moor"),  # "Its" resolved
+        ("How many books has Agnes Moor written?", "two books"),  # "She" resolved
+        ("What happens when the harvest fails?", "the members share their stores"),
+        ("What is the cider made from?", "wild apples"),
+        ("Where are the labels printed?", "in Dunmore"),  # the second clause of the sentence
+        ("Where were the first trees planted?", "on the southern slope"),
+        ("When does the society elect a new treasurer?", "Every October"),
+    }
+    assert dropped == 0 and expected <= qa, expected - qa
+
+
+def test_rules_fall_back_to_cloze():
+    text = "In winter, when the winds blow for weeks, the people of Norrow Vale mend their nets since 1702."
+    raw, kept, _ = _pairs(text)
+    assert kept and all(p.generator == "rules:cloze" for p in kept)
+    assert {p.answer for p in kept} == {"Norrow Vale", "1702"}
+    assert all("____" in p.question and p.answer not in p.question for p in kept)
+
+
+def test_rules_cover_the_beyond_window_facts_of_the_sample_document():
+    """Quality check: real questions whose answers are the five facts the sample asks about."""
+    raw, kept, dropped = _pairs(SAMPLE)
+    assert dropped == 0 and len(kept) >= 30
+    facts = {
+        "Tobias Wrenfield": "lighthouse",
+        "Marlowe": "tortoise",
+        "the Salted Anchor": "tavern",
+        "the Gull Maiden": "ferry",
+        "a copper kettle": "win",
+    }
+    for answer, topic in facts.items():
+        hits = [p for p in kept if p.answer == answer]
+        assert hits, f"no pair answers {answer!r}"
+        assert any(p.generator != "rules:cloze" and topic in p.question.lower() for p in hits), hits
+    for p in kept:
+        assert p.question.endswith("?") or p.generator == "rules:cloze"
+        assert len(p.answer.split()) <= 16
+        assert len(p.question) < 300
+
+
+def test_no_pairs_for_headings_or_empty_text():
+    assert RuleQAGenerator().generate("") == []
+    assert RuleQAGenerator().generate("A Title Only") == []
+
+
+# --- verification ---------------------------------------------------------------------------------
+
+
+def _pair(question, answer, evidence, index=0):
+    return QAPair(question=question, answer=answer, evidence=evidence, sentence_index=index, generator="test")
+
+
+def test_verify_evidence_and_answer_support():
+    text = "The ferry to the mainland is a green paddle steamer named the Gull Maiden.\n\nIt leaves at seven."
+    sents = split_sentences(text)
+    ev = sents[0]
+    assert verify(_pair("What is the ferry called?", "the Gull Maiden", ev), text, sents)
+    # whitespace differences and a small typo in the evidence are tolerated
+    assert verify(_pair("What is the ferry called?", "Gull Maiden", "The ferry to the  mainland\nis a green paddle steamer named the Gull Maiden."), text, sents)
+    assert verify(_pair("What is the ferry called?", "Gull Maiden", "The ferry to the mainland is a green padle steamer named the Gull Maiden"), text, sents)
+    # an answer made of evidence words out of order passes the token-overlap test
+    assert verify(_pair("Describe the ferry.", "green steamer Gull Maiden", ev), text, sents)
+    # answer not in the evidence, evidence not in the text, answer echoed in the question
+    assert not verify(_pair("What is the ferry called?", "the Sea Wren", ev), text, sents)
+    assert not verify(_pair("What guards the harbour?", "a dragon", "A dragon guards the harbour."), text, sents)
+    assert not verify(_pair("Is the ferry named the Gull Maiden?", "the Gull Maiden", ev), text, sents)
+    assert not verify(_pair("", "x", ev), text, sents)
+
+
+# --- LLM generator ---------------------------------------------------------------------------------
+
+_VALID = {
+    "question": "Who designed the lighthouse of Port Quillon?",
+    "answer": "Tobias Wrenfield",
+    "evidence": "The lighthouse of Port Quillon was designed by an engineer named Tobias Wrenfield.",
+}
+_CANNED = "\n".join(
+    [
+        "Sure! Here are the pairs:",
+        json.dumps(_VALID),
+        json.dumps({"question": "What is the tortoise called?", "answer": "Gerald", "evidence": "The keeper of the lighthouse keeps a pet tortoise named Marlowe."}),
+        json.dumps({"question": "What guards the harbour?", "answer": "a dragon", "evidence": "A dragon guards the harbour of Port Quillon."}),
+        '{"question": "When was the lighthouse completed?", "answer": ',
+        '{"question": "no answer key", "evidence": "The work took eleven years."}',
+        "```",
+    ]
+)
+
+
+@pytest.fixture
+def openai_server():
+    requests = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+            reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": _CANNED}, "finish_reason": "stop"}]}
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_openai_backend_keeps_only_verified_pairs(openai_server, tmp_path):
+    url, requests = openai_server
+    gen = LLMQAGenerator(OpenAIChatBackend(url, "judge-model", api_key="k"), sentences_per_window=64, pairs_per_window=4)
+    report = generate_report(SAMPLE, "doc1", gen, cache_root=tmp_path)
+    assert [(p.question, p.answer, p.evidence) for p in report.pairs] == [tuple(_VALID.values())]
+    assert report.generated == 3 and report.dropped == 2  # the malformed lines never became pairs
+    pair = report.pairs[0]
+    assert split_sentences(SAMPLE)[pair.sentence_index] == _VALID["evidence"]
+    assert len(requests) == 1
+    req = requests[0]
+    assert req["path"] == "/v1/chat/completions" and req["auth"] == "Bearer k"
+    body = req["body"]
+    assert body["model"] == "judge-model" and body["temperature"] == 0 and body["max_tokens"] > 0
+    assert "Tobias Wrenfield" in body["messages"][-1]["content"]
+
+
+def test_llm_windows_and_prompt_too_long_split():
+    sents = [f"Fact number {i} is that the stone weighs {i} pounds." for i in range(10)]
+    text = " ".join(sents)
+    seen = []
+
+    class Fake:
+        def identity(self):
+            return "fake"
+
+        def complete(self, messages, max_tokens):
+            window = messages[-1]["content"].split("\n\n")[1].split("\n")
+            seen.append(len(window))
+            if len(window) > 2:
+                raise PromptTooLong("too long")
+            return "\n".join(json.dumps({"question": f"How much does stone {s.split()[2]} weigh?", "answer": s.split()[-2] + " pounds", "evidence": s}) for s in window)
+
+    gen = LLMQAGenerator(Fake(), sentences_per_window=4, pairs_per_window=4)
+    pairs = gen.generate(text, split_sentences(text))
+    assert seen[:3] == [4, 2, 2] and len(pairs) == 10
+    assert [p.sentence_index for p in pairs] == list(range(10))
+
+
+def test_parse_json_lines_is_lenient():
+    out = 'x {"question": "Q?", "answer": "A", "evidence": "E"} {"bad": 1} {"question": "Q2?", "answer": "", "evidence": "E"} {oops'
+    assert parse_json_lines(out) == [{"question": "Q?", "answer": "A", "evidence": "E"}]
+
+
+def test_local_backend_plumbing(tiny_loaded, tmp_path):
+    """The tiny random Llama writes garbage: no pair survives, nothing crashes."""
+    backend = LocalChatBackend(tiny_loaded.model, tiny_loaded.tokenizer)
+    out = backend.complete([{"role": "user", "content": "Write a question."}], max_tokens=8)
+    assert isinstance(out, str)
+    text = "\n\n".join(SAMPLE.split("\n\n")[3:5])
+    gen = LLMQAGenerator(backend, sentences_per_window=3, pairs_per_window=2, max_tokens=12)
+    report = generate_report(text, "tiny", gen, cache_root=tmp_path)
+    assert report.pairs == [] and report.generator == "llm"
+    assert report.settings["backend"].startswith("local:")
+
+
+# --- cache ------------------------------------------------------------------------------------------
+
+
+class Counting(RuleQAGenerator):
+    calls = 0
+
+    def generate(self, text, sentences=None):
+        Counting.calls += 1
+        return super().generate(text, sentences)
+
+
+def test_cache_skips_the_generator_and_keys_on_settings(tmp_path):
+    Counting.calls = 0
+    first = generate_pairs(SAMPLE, "docA", Counting(max_pairs=10), cache_root=tmp_path)
+    again = generate_pairs(SAMPLE, "docA", Counting(max_pairs=10), cache_root=tmp_path)
+    assert Counting.calls == 1 and first == again and len(first) == 10
+    # spread over the document: ten pairs from ten different sentences
+    assert len({p.sentence_index for p in first}) == 10
+    files = list((tmp_path / "docA").iterdir())
+    assert [f.name for f in files] == [f"{Counting(max_pairs=10).cache_key()}.json"]
+    data = json.loads(files[0].read_text())
+    assert data["doc_id"] == "docA" and data["generator"] == "rules" and len(data["pairs"]) == 10
+    generate_pairs(SAMPLE, "docA", Counting(max_pairs=10, max_pairs_per_sentence=1), cache_root=tmp_path)
+    generate_pairs(SAMPLE, "docB", Counting(max_pairs=10), cache_root=tmp_path)
+    assert Counting.calls == 3
+    # a corrupt entry is regenerated, not trusted
+    files[0].write_text("{not json")
+    assert generate_pairs(SAMPLE, "docA", Counting(max_pairs=10), cache_root=tmp_path) == first
+    assert Counting.calls == 4
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_cache_defaults_to_cache_dir_and_refuses_odd_ids(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIFT_RAY_CACHE", str(tmp_path))
+    generate_pairs("The main furnace is called the Red Mouth.", "d1", RuleQAGenerator())
+    assert list((tmp_path / "aux_qa" / "d1").glob("rules-*.json"))
+    with pytest.raises(Exception, match="invalid document id"):
+        generate_pairs("x", "../escape", RuleQAGenerator())
+
+
+# --- config ----------------------------------------------------------------------------------------
+
+
+def test_aux_qa_config():
+    cfg = LiftConfig()
+    assert cfg.aux_qa == AuxQAConfig() and cfg.aux_qa.generator is None and cfg.aux_qa.max_pairs == 64
+    assert list(LiftConfig.model_fields).index("aux_qa") == list(LiftConfig.model_fields).index("segments") + 1
+    assert all(f.description for f in AuxQAConfig.model_fields.values())
+    with pytest.raises(ConfigError, match="aux_qa.generater"):
+        build_config(None, {"aux_qa": {"generater": "rules"}})
+    with pytest.raises(ConfigError, match="aux_qa.generator"):
+        build_config(None, {"aux_qa": {"generator": "gpt"}})
+    assert make_generator(AuxQAConfig(generator="none")) is None
+    rules = make_generator(AuxQAConfig(generator="rules", max_pairs=7, max_pairs_per_sentence=3))
+    assert isinstance(rules, RuleQAGenerator) and (rules.max_pairs, rules.max_pairs_per_sentence) == (7, 3)
+    llm = make_generator(AuxQAConfig(generator="llm", llm_endpoint="http://127.0.0.1:9/v1", llm_model="m", pairs_per_window=2))
+    assert isinstance(llm.backend, OpenAIChatBackend) and llm.pairs_per_window == 2
+    with pytest.raises(ValueError, match="not resolved"):
+        make_generator(AuxQAConfig())
+    with pytest.raises(ValueError, match="loaded base model"):
+        make_generator(AuxQAConfig(generator="llm"))
+
+
+# --- samples -----------------------------------------------------------------------------------------
+
+
+def test_qa_samples_match_the_icl_prompt_and_pack_exactly(tiny_loaded):
+    tok = tiny_loaded.tokenizer
+    fmt = chat_format(tok)
+    inf, seg = InferenceConfig(), SegmentConfig()
+    doc_ids = tok(SAMPLE, add_special_tokens=False)["input_ids"]
+    window = 48
+    pairs = RuleQAGenerator().generate(SAMPLE)[:3]
+    samples = qa_samples(pairs, fmt=fmt, tokenizer=tok, doc_ids=doc_ids, context_window=window, answer_prompt=inf.answer_prompt, mixin=seg.mixin)
+    view = truncate_middle(doc_ids, window, tok(seg.mixin, add_special_tokens=False)["input_ids"])
+    for pair, s in zip(pairs, samples):
+        prompt = build_question_prompt(
+            fmt=fmt, tokenizer=tok, question=pair.question, mode="icl", doc_ids=doc_ids, context_window=window,
+            answer_prompt=inf.answer_prompt, lift_prompt=inf.lift_prompt, mixin=seg.mixin,
+        )
+        target = tok(pair.answer, add_special_tokens=False)["input_ids"] + list(fmt.reply_end)
+        assert s.kind == "qa"
+        assert s.input_ids == prompt + target
+        assert s.labels == [IGNORE_INDEX] * len(prompt) + target
+        assert s.prefix_len == len(fmt.user_start) + len(view)
+        assert s.input_ids[: s.prefix_len] == samples[0].input_ids[: samples[0].prefix_len]
+    model = tiny_loaded.model
+    with torch.no_grad():
+        packed, n_packed = packed_loss(model, pack_shared_prefix(samples))
+        separate = [packed_loss(model, pack_shared_prefix([s])) for s in samples]
+        ref = model(input_ids=torch.tensor([samples[0].input_ids]), labels=torch.tensor([samples[0].labels])).loss
+    total = sum(loss.item() * n for loss, n in separate)
+    assert n_packed == sum(n for _, n in separate) == sum(s.num_target_tokens for s in samples)
+    assert packed.item() == pytest.approx(total / n_packed, rel=1e-5)
+    assert separate[0][0].item() == pytest.approx(ref.item(), rel=1e-5)
