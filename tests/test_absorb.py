@@ -1,0 +1,78 @@
+"""absorb_document end to end on the tiny model: schedule, QA pairs, gate movement, idempotence."""
+
+import pytest
+import torch
+
+from conftest import LONG_TEXT
+from lift_ray.absorb import DocumentError, absorb_document, training_stages
+from lift_ray.adapters import load_adapter
+from lift_ray.config import parse_adapter_config, resolve_config
+from lift_ray.store import AdapterStore
+
+
+def _cfg(tiny_config, **sections):
+    data = tiny_config.model_dump()
+    for section, values in sections.items():
+        data[section].update(values)
+    data["adapter"] = sections.get("adapter", data["adapter"])
+    return resolve_config(type(tiny_config).model_validate(data), num_params=10**6, max_positions=1024, on_cuda=False)
+
+
+def test_two_stage_schedule_with_rule_qa(tiny_loaded, tiny_config):
+    cfg = _cfg(tiny_config, aux_qa={"generator": "rules", "stage1_epochs": 1, "stage2_epochs": 2})
+    store = AdapterStore(cfg.store.uri)
+    result = absorb_document(tiny_loaded, LONG_TEXT, cfg, store, progress=False)
+    assert result.status == "absorbed" and result.qa_pairs
+    manifest = store.manifest(result.doc_id, result.variant)
+    assert manifest.num_qa_pairs == len(result.qa_pairs)
+    first, second = manifest.training_stages
+    assert first.epochs == 1 and second.epochs == 2
+    assert second.samples == first.samples + manifest.num_qa_pairs  # stage 2 = segments + QA
+    assert manifest.training.epochs == 3 and len(manifest.training.epoch_losses) == 3
+    assert manifest.config["aux_qa"]["generator"] == "rules"
+
+
+def test_no_qa_means_one_stage(tiny_config):
+    cfg = _cfg(tiny_config, aux_qa={"generator": "none"})
+    stages = training_stages(["s"], [], cfg)
+    assert stages == [("segments", ["s"], cfg.train.epochs)]
+    cfg = _cfg(tiny_config, aux_qa={"generator": "rules", "stage1_epochs": 0, "stage2_epochs": 4})
+    assert [name for name, _, _ in training_stages(["s"], ["q"], cfg)] == ["segments+QA"]
+
+
+def test_gated_memory_training_moves_the_gate_and_lowers_the_loss(tiny_loaded, tiny_config):
+    cfg = _cfg(
+        tiny_config,
+        adapter={"kind": "gated_memory"},
+        train={"epochs": 4, "learning_rate": 1e-2},
+        aux_qa={"generator": "none"},
+    )
+    store = AdapterStore(cfg.store.uri)
+    before = {k: v.clone() for k, v in tiny_loaded.model.state_dict().items()}
+    result = absorb_document(tiny_loaded, LONG_TEXT, cfg, store, progress=False)
+    losses = result.training.epoch_losses
+    assert losses[-1] < losses[0]
+    after = tiny_loaded.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the base is untouched
+
+    manifest = store.manifest(result.doc_id, result.variant)
+    ids = tiny_loaded.tokenizer(LONG_TEXT, return_tensors="pt")["input_ids"][:, :64]
+    handle = load_adapter(tiny_loaded.model, parse_adapter_config(manifest.adapter_config),
+                          store.adapter_dir(result.doc_id, result.variant))
+    try:
+        with torch.no_grad():
+            handle.module(input_ids=ids)
+        trained_gate = handle.mean_gate()
+    finally:
+        tiny_loaded.model = handle.detach()
+    assert trained_gate > cfg.adapter.gate_init + 0.01
+
+
+def test_already_absorbed_and_refused_text(tiny_loaded, tiny_config):
+    cfg = _cfg(tiny_config, aux_qa={"generator": "none"}, train={"epochs": 1})
+    store = AdapterStore(cfg.store.uri)
+    first = absorb_document(tiny_loaded, LONG_TEXT, cfg, store, progress=False)
+    again = absorb_document(tiny_loaded, LONG_TEXT + "\n\n", cfg, store, progress=False)
+    assert (again.status, again.doc_id, again.variant) == ("already_absorbed", first.doc_id, first.variant)
+    with pytest.raises(DocumentError, match="empty"):
+        absorb_document(tiny_loaded, " \n ", cfg, store, progress=False)
