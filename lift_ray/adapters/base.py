@@ -75,3 +75,13 @@ def eval_mode(module: torch.nn.Module):
         yield
     finally:
         module.train(was_training)
+
+
+def read_safetensors(directory: Path, name: str) -> dict[str, torch.Tensor]:
+    """An adapter's weights file, or AdapterError when it is missing or corrupted (never a pickle)."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(Path(directory) / name))
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise AdapterError(f"cannot read {name}: {exc}") from None

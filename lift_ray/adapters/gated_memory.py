@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lift_ray.adapters.base import AdapterError, check_state_dict
+from lift_ray.adapters.base import AdapterError, check_state_dict, read_safetensors
 from lift_ray.config import GatedMemoryAdapterConfig
 
 WEIGHTS_NAME = "gated_memory.safetensors"
@@ -282,12 +282,7 @@ class GatedMemoryHandle:
 
     @staticmethod
     def read_weights(directory: Path) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(Path(directory) / WEIGHTS_NAME))
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise AdapterError(f"cannot read {WEIGHTS_NAME}: {exc}") from None
+        return read_safetensors(directory, WEIGHTS_NAME)
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from lift_ray.adapters.base import AdapterError, check_state_dict
+from lift_ray.adapters.base import AdapterError, check_state_dict, read_safetensors
 from lift_ray.config import LoraAdapterConfig
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -71,12 +71,7 @@ class LoraHandle:
 
     @staticmethod
     def read_weights(directory: Path) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(Path(directory) / WEIGHTS_NAME))
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise AdapterError(f"cannot read {WEIGHTS_NAME}: {exc}") from None
+        return read_safetensors(directory, WEIGHTS_NAME)
 
     def disabled(self):
         return self.module.disable_adapter()
