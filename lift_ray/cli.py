@@ -93,12 +93,14 @@ def cmd_absorb(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     engine = LiftEngine.from_config(cfg)
     result = engine.absorb(text, force=args.force, progress=not args.quiet)
+    if args.show_qa and result.status == "already_absorbed":
+        from lift_ray.absorb import auxiliary_pairs
+
+        result.qa_pairs = auxiliary_pairs(engine.loaded, text, result.doc_id, engine.config)  # from the cache
     payload = result.to_json(show_qa=args.show_qa)
     if args.show_qa and not args.json:
         for pair in result.qa_pairs:
             print(f"Q: {pair.question}\nA: {pair.answer}", flush=True)
-        if result.status == "already_absorbed":
-            _log("already absorbed: the pairs are listed when the document is (re)trained (--force)")
     human = (
         f"{result.status}: {result.doc_id} variant {result.variant} ({result.num_tokens} tokens"
         + (f", {result.training.tokens_per_second} tok/s, {result.seconds} s)" if result.training else ")")

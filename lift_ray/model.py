@@ -334,6 +334,16 @@ KNOWN_SHAPES: dict[str, dict] = {
 }
 
 
+def shape_config(shape: str):
+    """A transformers config for a KNOWN_SHAPES key or a directory/hub id with a config.json."""
+    from transformers import AutoConfig
+
+    if shape in KNOWN_SHAPES:
+        params = dict(KNOWN_SHAPES[shape])
+        return AutoConfig.for_model(params.pop("model_type"), **params)
+    return AutoConfig.from_pretrained(shape)
+
+
 def load_random_init(shape: str, spec: ModelSpec, tokenizer_from: str | None = None) -> LoadedModel:
     """A randomly initialised model of a real shape, for speed and memory figures only.
 
@@ -342,13 +352,9 @@ def load_random_init(shape: str, spec: ModelSpec, tokenizer_from: str | None = N
     The tokenizer is the embedded model's unless ``tokenizer_from`` is given; token ids are taken
     modulo nothing, so its vocabulary must not exceed the shape's.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if shape in KNOWN_SHAPES:
-        params = dict(KNOWN_SHAPES[shape])
-        config = AutoConfig.for_model(params.pop("model_type"), **params)
-    else:
-        config = AutoConfig.from_pretrained(shape)
+    config = shape_config(shape)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_from or str(ensure_embedded_model()))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -62,6 +62,11 @@ def test_absorb_ask_docs_round_trip(capsys, doc, store, tiny_model_dir, tiny_yam
     again = json.loads(out)
     assert code == 0 and again["status"] == "already_absorbed" and again["doc_id"] == result["doc_id"]
     doc.write_text(LONG_TEXT)
+    # --show-qa lists the auxiliary pairs, also for an already absorbed document (from the cache)
+    code, out, _ = run(capsys, "absorb", doc, "--model", tiny_model_dir, "--store", store, "--config", tiny_yaml, "--json", "--show-qa", *FAST)
+    shown = json.loads(out)
+    assert shown["status"] == "already_absorbed" and shown["qa_pairs"] and shown["num_qa_pairs"] == len(shown["qa_pairs"])
+    assert all(p["answer"] and p["evidence"] for p in shown["qa_pairs"])
     # --force retrains the same variant; other training settings add a variant
     code, out, _ = run(capsys, "absorb", doc, "--model", tiny_model_dir, "--store", store, "--config", tiny_yaml, "--json", "--force", *FAST)
     assert json.loads(out)["status"] == "absorbed" and json.loads(out)["variant"] == result["variant"]

@@ -55,3 +55,30 @@ def test_publish_is_atomic_and_tolerates_a_racing_winner(tmp_path):
     (loser / "config.json").write_text("{}")
     _publish_dir(loser, final)  # someone else already published: ours is discarded
     assert not loser.exists() and (final / "config.json").is_file()
+
+
+@pytest.mark.parametrize("four_bit", [False, True])
+def test_random_init_of_a_real_shape(tiny_model_dir, four_bit):
+    """The GPU timing path (no weights can reach a GPU host): a config's shape with random weights."""
+    from lift_ray.model import load_random_init
+
+    if four_bit:
+        pytest.importorskip("bitsandbytes")
+    spec = ModelSpec(device="cpu", dtype="float32", load_in_4bit=four_bit)
+    loaded = load_random_init(str(tiny_model_dir), spec, tokenizer_from=str(tiny_model_dir))
+    assert loaded.model_id == f"random:{tiny_model_dir}"
+    assert loaded.max_positions == 1024 and not any(p.requires_grad for p in loaded.model.parameters())
+    linear = type(loaded.model.model.layers[0].self_attn.q_proj).__name__
+    assert linear == ("Linear4bit" if four_bit else "Linear")
+    with torch.no_grad():
+        assert loaded.model(input_ids=torch.tensor([[1, 2, 3]])).logits.shape[-1] == loaded.model.config.vocab_size
+
+
+def test_llama3_8b_shape_has_8b_parameters():
+    from transformers import AutoModelForCausalLM
+
+    from lift_ray.model import shape_config
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(shape_config("llama-3-8b"))
+    assert abs(sum(p.numel() for p in model.parameters()) - 8.03e9) < 0.01e9
