@@ -66,7 +66,8 @@ class LoraHandle:
             raise AdapterError(f"LoRA: unexpected keys {result.unexpected_keys[:3]}")
 
     def save(self, directory: Path) -> list[str]:
-        self.module.save_pretrained(str(directory), safe_serialization=True)
+        # The adapter never touches embeddings; saying so skips peft's hub lookup of the base config.
+        self.module.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
         return [WEIGHTS_NAME, CONFIG_NAME]
 
     @staticmethod
