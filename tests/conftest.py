@@ -45,9 +45,23 @@ def make_tokenizer():
     return fast
 
 
-def make_tiny_llama(vocab_size: int, seed: int = 0, **overrides):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def make_tiny_model(arch: str, vocab_size: int, seed: int = 0, **overrides):
+    """A tiny random causal LM of a Llama-family architecture: 2 layers, hidden 64, 4 heads, 2 KV heads."""
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
+    classes = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "mistral": (MistralConfig, MistralForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    }
+    config_cls, model_cls = classes[arch]
     torch.manual_seed(seed)
     cfg = dict(
         vocab_size=vocab_size,
@@ -57,13 +71,14 @@ def make_tiny_llama(vocab_size: int, seed: int = 0, **overrides):
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=1024,
-        tie_word_embeddings=True,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
     )
+    if arch == "llama":
+        cfg["tie_word_embeddings"] = True
     cfg.update(overrides)
-    return LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    return model_cls(config_cls(**cfg)).eval()
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +86,7 @@ def tiny_model_dir(tmp_path_factory):
     """A tiny random Llama + BPE tokenizer saved as a local checkpoint directory."""
     path = tmp_path_factory.mktemp("tiny-llama")
     tok = make_tokenizer()
-    model = make_tiny_llama(len(tok))
+    model = make_tiny_model("llama", len(tok))
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path

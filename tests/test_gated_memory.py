@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_llama
+from conftest import make_tiny_model
 
 from lift_ray.adapters import AdapterError, attach_adapter
 from lift_ray.adapters.gated_memory import ARCHITECTURES, GatedMemoryHandle
@@ -19,28 +19,8 @@ PAPER_GATE_INIT = 1.0 / (1.0 + math.exp(3.0))  # σ(−3): the gate offset is th
 
 
 def make_tiny(arch: str, attn: str = "sdpa") -> torch.nn.Module:
-    """2 layers, hidden 64, 4 heads, 2 KV heads, like conftest's tiny Llama (Qwen2 has q/k/v biases)."""
-    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    if arch == "llama":
-        model = make_tiny_llama(VOCAB)
-    else:
-        torch.manual_seed(0)
-        classes = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}
-        config_cls, model_cls = classes[arch]
-        config = config_cls(
-            vocab_size=VOCAB,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=1024,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-        )
-        model = model_cls(config).eval()
+    """conftest's tiny shape in the given architecture (Qwen2 has q/k/v biases)."""
+    model = make_tiny_model(arch, VOCAB)
     model.config._attn_implementation = attn
     return model
 
@@ -203,18 +183,12 @@ def test_concurrent_forwards_keep_their_own_queries():
 
 
 def test_llama3_8b_has_the_papers_parameter_count():
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=128256,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-    )
+    from lift_ray.model import shape_config
+
     with torch.device("meta"):
-        model = LlamaForCausalLM(config)
+        model = AutoModelForCausalLM.from_config(shape_config("llama-3-8b"))
     handle = attach_adapter(model, GatedMemoryAdapterConfig())
     count = sum(p.numel() for p in handle.trainable_parameters())
     print(f"Gated Memory parameters for Llama-3-8B: {count:,}")
