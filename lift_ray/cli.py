@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lift_ray.config import ADAPTER_KINDS, ConfigError, LiftConfig, build_config, default_store_uri
+from lift_ray.config import ADAPTER_KINDS, QA_GENERATORS, ConfigError, LiftConfig, build_config, default_store_uri
 
 EXIT_BAD_INPUT = 2
 
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("absorb", help=cmd_absorb.__doc__, description=cmd_absorb.__doc__)
     p.add_argument("file", help="UTF-8 text file")
     p.add_argument("--adapter", choices=list(ADAPTER_KINDS), help="adapter kind (default: lora)")
-    p.add_argument("--qa", choices=["none", "rules", "llm"], help="auxiliary QA generator (default: the profile's)")
+    p.add_argument("--qa", choices=list(QA_GENERATORS), help="auxiliary QA generator (default: the profile's)")
     p.add_argument("--show-qa", action="store_true", help="print the auxiliary QA pairs trained on")
     p.add_argument("--force", action="store_true", help="retrain even if this variant is already absorbed")
     p.add_argument("--epochs", type=int, help="training epochs")

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import (
@@ -30,6 +30,7 @@ EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
 Mode = Literal["icl", "lift", "lift+icl"]
 Profile = Literal["auto", "small", "large"]
+QAGeneratorKind = Literal["none", "rules", "llm"]
 
 
 class ConfigError(ValueError):
@@ -90,7 +91,7 @@ class SegmentConfig(_Base):
 class AuxQAConfig(_Base):
     """Auxiliary question -> short-answer tasks about the document (paper §3.3 "auxiliary tasks")."""
 
-    generator: Literal["none", "rules", "llm"] | None = Field(
+    generator: QAGeneratorKind | None = Field(
         None,
         description="Who writes the QA pairs: 'none' (segments only), 'rules' (offline sentence rules, for "
         "small models), 'llm' (a chat model writes them; checked against the text). None: the profile's choice.",
@@ -190,7 +191,8 @@ AdapterConfig = Annotated[
 _ADAPTER_CONFIG = TypeAdapter(AdapterConfig)
 
 
-ADAPTER_KINDS = ("lora", "gated_memory")
+ADAPTER_KINDS = tuple(cls.model_fields["kind"].default for cls in (LoraAdapterConfig, GatedMemoryAdapterConfig))
+QA_GENERATORS = get_args(QAGeneratorKind)
 
 
 def parse_adapter_config(data: dict[str, Any]) -> LoraAdapterConfig | GatedMemoryAdapterConfig:
