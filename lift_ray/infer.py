@@ -94,6 +94,7 @@ class LiftEngine:
         self.fmt = chat_format(loaded.tokenizer)
         self._handle: AdapterHandle | None = None
         self._attached: tuple[str, str] | None = None
+        self._doc_tokens: tuple[str, list[int]] | None = None
 
     @classmethod
     def from_config(cls, config: LiftConfig, store: AdapterStore | None = None) -> "LiftEngine":
@@ -147,14 +148,21 @@ class LiftEngine:
             self._attached = None
 
     # --- answering -----------------------------------------------------------------------------
-    def _resolve_doc(self, doc: str) -> tuple[str | None, str | None]:
-        """(doc_id, text) for a document id in the store or a raw text."""
+    def _resolve_doc(self, doc: str) -> tuple[str, str | None]:
+        """(doc_id, text) for a raw text; (doc_id, None) for a document id, read from the store when needed."""
         from lift_ray.store import _DOC_ID
 
         if _DOC_ID.match(doc):
-            return doc, self.store.text(doc)
+            return doc, None
         text = normalize_text(doc)
         return doc_id_for(text), text
+
+    def _document_ids(self, doc_id: str, text: str | None) -> list[int]:
+        """The document's token ids, kept for the last document: many questions, one read and tokenisation."""
+        if self._doc_tokens is None or self._doc_tokens[0] != doc_id:
+            text = text if text is not None else self.store.text(doc_id)
+            self._doc_tokens = (doc_id, self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self._doc_tokens[1]
 
     def _prepare(
         self,
@@ -174,7 +182,7 @@ class LiftEngine:
             manifest = self.store.latest_manifest(doc_id, variant)
         window = context_window or (manifest.context_window if manifest else self.config.segments.context_window)
         tok = self.loaded.tokenizer
-        doc_ids = tok(text, add_special_tokens=False)["input_ids"] if mode != "lift" else None
+        doc_ids = self._document_ids(doc_id, text) if mode != "lift" else None
         inf = self.config.inference
         prompt = build_question_prompt(
             fmt=self.fmt,
