@@ -95,3 +95,16 @@ def test_adapter_from_another_base_model_is_refused(engine, absorbed):
         engine.answer("Who?", absorbed.doc_id, "lift")
     assert engine._handle is None and not hasattr(engine.loaded.model, "peft_config")
     assert manifest.base_model.weights_hash != engine.loaded.weights_hash
+
+
+def test_document_is_read_once_for_many_questions(engine, absorbed, monkeypatch):
+    reads = []
+    real = engine.store.text
+    monkeypatch.setattr(engine.store, "text", lambda doc_id: reads.append(doc_id) or real(doc_id))
+    engine._doc_tokens = None
+    engine.answer("Who?", absorbed.doc_id, "lift")
+    assert reads == []  # lift mode never needs the text
+    for question in ("Who?", "What?", "Where?"):
+        engine.answer(question, absorbed.doc_id, "lift+icl")
+    assert reads == [absorbed.doc_id]
+    engine.detach()
