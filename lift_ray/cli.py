@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lift_ray.modes import COMPARE_MODES, DEFAULT_MODE, MODES
 from lift_ray.config import ADAPTER_KINDS, QA_GENERATORS, ConfigError, LiftConfig, build_config, default_store_uri
 
 EXIT_BAD_INPUT = 2
@@ -282,7 +283,7 @@ def cmd_niah(args: argparse.Namespace) -> int:
     else:
         needles, question = [Needle(DEFAULT_NEEDLE, DEFAULT_ANSWER)], DEFAULT_QUESTION
     judge = OpenAIChatBackend(*endpoint) if (endpoint := _judge_endpoint(args)) else None
-    settings = NiahSettings(needles, question, tuple(m.strip() for m in args.modes.split(",")), judge.identity() if judge else None)
+    settings = NiahSettings(needles, question, args.modes.split(","), judge.identity() if judge else None)
     haystack = load_haystack(args.haystack)
     check_model_spec(cfg.model)
     _set_threads(args.threads)
@@ -379,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("doc", metavar="DOC_ID_OR_FILE", help="document id from the store, or the document's file")
     p.add_argument("question", nargs="?", help="the question (or use --questions)")
     p.add_argument("--questions", metavar="FILE", help="one question per line (or JSONL with a 'question' field)")
-    p.add_argument("--mode", choices=["icl", "lift", "lift+icl"], help="answer mode (default: lift+icl)")
+    p.add_argument("--mode", choices=MODES, help=f"answer mode (default: {DEFAULT_MODE})")
     p.add_argument("--variant", help="adapter variant (default: the latest)")
     p.add_argument("--max-new-tokens", type=int, metavar="N", help="answer length limit")
     p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
@@ -399,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", help="dataset configuration name (load_dataset's second argument)")
     p.add_argument("--columns", metavar="ROLE=COL,...",
                    help="column names for the roles text, id, title, qa_pairs, question, answer, evidence (default: LooGLE's, then common ones)")
-    p.add_argument("--modes", default="icl,lift,lift+icl", help="answer modes, comma separated (default: all three)")
+    p.add_argument("--modes", default=",".join(MODES), help=f"answer modes, comma separated, from {', '.join(MODES)} (default: all)")
     p.add_argument("--limit-docs", type=int, metavar="N", help="only the first N documents")
     p.add_argument("--workers", type=int, metavar="N",
                    help="absorb on N Ray Train workers (lift-ray bulk; joins $RAY_ADDRESS or starts a local Ray); answers stay in this process")
@@ -432,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--needle", action="append", metavar="TEXT", help="the fact to hide; repeat for several needles (default: a fictional soup recipe)")
     p.add_argument("--answer", action="append", metavar="TEXT", help="the needle's answer, scored by keyword; one per --needle")
     p.add_argument("--question", metavar="TEXT", help="the question whose answer the needle(s) hold")
-    p.add_argument("--modes", default="icl,lift+icl,lift", help="answer modes, comma separated (default: all three)")
+    p.add_argument("--modes", default=",".join(COMPARE_MODES), help=f"answer modes, comma separated, from {', '.join(MODES)} (default: {','.join(COMPARE_MODES)})")
     _judge_flags(p)
     p.add_argument("--workers", type=int, metavar="N", help="absorb the cells on N Ray Train workers (lift-ray bulk); answers stay in this process (default: 1, no Ray)")
     p.add_argument("--address", metavar="ADDR", help="Ray address with --workers (default: $RAY_ADDRESS, else a local Ray)")

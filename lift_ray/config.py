@@ -26,9 +26,10 @@ from pydantic import (
     model_validator,
 )
 
+from lift_ray.modes import DEFAULT_MODE, Mode
+
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
-Mode = Literal["icl", "lift", "lift+icl"]
 Profile = Literal["auto", "small", "large"]
 QAGeneratorKind = Literal["none", "rules", "llm"]
 
@@ -210,7 +211,7 @@ def parse_adapter_config(data: dict[str, Any]) -> LoraAdapterConfig | GatedMemor
 class InferenceConfig(_Base):
     """How questions are answered."""
 
-    mode: Mode = Field("lift+icl", description="icl: base + truncated document; lift: adapter only; lift+icl: both.")
+    mode: Mode = Field(DEFAULT_MODE, description="icl: base + truncated document; lift: adapter only; lift+icl: both.")
     max_new_tokens: int = Field(64, ge=1, le=8192, description="Maximum tokens generated per answer.")
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (with do_sample).")

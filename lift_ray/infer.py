@@ -22,15 +22,20 @@ import torch
 from lift_ray.adapters import AdapterHandle, load_adapter
 from lift_ray.adapters.base import AdapterError
 from lift_ray.config import LiftConfig, ModelSpec, resolve_config
+from lift_ray.modes import ModeError, check_mode, uses_adapter, uses_document
 from lift_ray.model import LoadedModel, inspect_model, load_model, pick_device
 from lift_ray.segments import ChatFormat, build_prompt_ids, chat_format, normalize_text, truncate_middle
 from lift_ray.store import AdapterStore, Manifest, doc_id_for
 
-MODES = ("icl", "lift", "lift+icl")
-
-
 class QuestionError(ValueError):
     """A question that cannot be asked (empty, too long, unknown mode)."""
+
+
+def _check_mode(mode: str) -> None:
+    try:
+        check_mode(mode)
+    except ModeError as exc:
+        raise QuestionError(str(exc)) from None
 
 
 def build_question_prompt(
@@ -46,12 +51,11 @@ def build_question_prompt(
     mixin: str,
 ) -> list[int]:
     """Token ids of the generation prompt for one question in one mode."""
-    if mode not in MODES:
-        raise QuestionError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    _check_mode(mode)
     question = question.strip()
     if not question:
         raise QuestionError("the question is empty")
-    if mode == "lift":
+    if not uses_document(mode):
         content = tokenizer(lift_prompt.format(question=question), add_special_tokens=False)["input_ids"]
     else:
         if doc_ids is None:
@@ -173,17 +177,16 @@ class LiftEngine:
         variant: str | None,
         context_window: int | None,
     ) -> tuple[list[int], torch.nn.Module, str | None, str | None, object]:
-        if mode not in MODES:
-            raise QuestionError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        _check_mode(mode)
         doc_id, text = self._resolve_doc(doc)
         manifest = None
-        if mode in ("lift", "lift+icl"):
+        if uses_adapter(mode):
             manifest = self.attach(doc_id, variant)
         elif self.store.variants(doc_id):  # icl on an absorbed document: same W as its adapter saw
             manifest = self.store.latest_manifest(doc_id, variant)
         window = context_window or (manifest.context_window if manifest else self.config.segments.context_window)
         tok = self.loaded.tokenizer
-        doc_ids = self._document_ids(doc_id, text) if mode != "lift" else None
+        doc_ids = self._document_ids(doc_id, text) if uses_document(mode) else None
         inf = self.config.inference
         prompt = build_question_prompt(
             fmt=self.fmt,
@@ -200,14 +203,14 @@ class LiftEngine:
             raise QuestionError(
                 f"prompt of {len(prompt)} tokens does not fit the model's {self.loaded.max_positions} positions"
             )
-        if mode == "icl" and self._handle is not None:
+        if not uses_adapter(mode) and self._handle is not None:
             disable = self._handle.disabled()
         else:
             import contextlib
 
             disable = contextlib.nullcontext()
-        module = self._handle.module if (self._handle is not None and mode != "icl") else self.loaded.model
-        used_variant = manifest.variant if manifest is not None and mode != "icl" else None
+        module = self._handle.module if (self._handle is not None and uses_adapter(mode)) else self.loaded.model
+        used_variant = manifest.variant if manifest is not None and uses_adapter(mode) else None
         return prompt, module, doc_id, used_variant, disable
 
     def _generate_kwargs(self, prompt: list[int], max_new_tokens: int | None) -> dict:

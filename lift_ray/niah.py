@@ -37,7 +37,7 @@ from pathlib import Path
 from lift_ray.aux_qa import split_paragraphs
 from lift_ray.config import cache_dir
 from lift_ray.demo import is_correct
-from lift_ray.infer import MODES
+from lift_ray.modes import COMPARE_MODES, MODE_TITLES, ModeError, parse_modes
 from lift_ray.segments import normalize_text, truncate_middle
 
 # The PG essays ship inside gkamradt's PyPI package. Its pinned dependencies (langchain, anthropic,
@@ -53,11 +53,10 @@ PAUL_GRAHAM = "paul-graham-essays"
 DEFAULT_NEEDLE = "Marlowe's soup is seasoned with cardamom."
 DEFAULT_QUESTION = "What is Marlowe's soup seasoned with?"
 DEFAULT_ANSWER = "cardamom"
-DEFAULT_MODES = ("icl", "lift+icl", "lift")
+DEFAULT_MODES = COMPARE_MODES
 
 # gkamradt's colours: red (miss) -> yellow -> green (hit).
 HEATMAP_COLOURS = ("#F0496E", "#EBB839", "#0CD79F")
-MODE_TITLES = {"icl": "ICL", "lift": "LIFT", "lift+icl": "LIFT+ICL"}
 
 
 class NiahError(ValueError):
@@ -422,9 +421,10 @@ class NiahSettings:
             raise NiahError("the question is empty")
         if not self.needles:
             raise NiahError("give at least one needle")
-        bad = [m for m in self.modes if m not in MODES]
-        if bad or not self.modes:
-            raise NiahError(f"unknown mode {bad[0] if bad else ''!r}; choose from {', '.join(MODES)}")
+        try:
+            self.modes = parse_modes(self.modes)
+        except ModeError as exc:
+            raise NiahError(str(exc)) from None
 
 
 def run_key(settings: NiahSettings, haystack: Haystack, engine) -> dict:
@@ -693,7 +693,7 @@ def plot_heatmaps(
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    ordered = [m for m in DEFAULT_MODES if m in modes]
+    ordered = [m for m in COMPARE_MODES if m in modes] + [m for m in modes if m not in COMPARE_MODES]
     vmax = 10.0 if metric == "judge" else 1.0
     cmap = LinearSegmentedColormap.from_list("niah", HEATMAP_COLOURS)
     by_cell = {(r["length"], r["depth"]): r for r in results}

@@ -26,8 +26,8 @@ from typing import Any
 
 from lift_ray.evaluate.data import EvalDocument, EvalError, evidence_spans, locate, view_char_ranges
 from lift_ray.evaluate.metrics import LLMJudge, score_answer
+from lift_ray.modes import MODES, ModeError, parse_modes, uses_adapter
 
-MODES = ("icl", "lift", "lift+icl")
 METRICS = ("em", "f1", "rouge_l", "contains")
 METRIC_NAMES = {"em": "EM", "f1": "F1", "rouge_l": "ROUGE-L", "contains": "contains answer", "judge": "judge (1-10)"}
 WHERE_ORDER = ("beyond", "inside", "partial", "unknown")
@@ -55,11 +55,10 @@ def run_settings(engine, docs: Sequence[EvalDocument], modes: Sequence[str], jud
 
 
 def check_modes(modes: Sequence[str]) -> list[str]:
-    modes = list(dict.fromkeys(m.strip() for m in modes if m.strip()))
-    unknown = [m for m in modes if m not in MODES]
-    if unknown or not modes:
-        raise EvalError(f"unknown mode(s) {', '.join(map(repr, unknown)) or '(none given)'}; choose from {', '.join(MODES)}")
-    return modes
+    try:
+        return list(parse_modes(modes))
+    except ModeError as exc:
+        raise EvalError(str(exc)) from None
 
 
 # --- absorbing ------------------------------------------------------------------------------------
@@ -234,7 +233,7 @@ def run_eval(
               file=sys.stderr, flush=True)
 
     absorbed: dict[str, Absorbed] = {}
-    if todo and any(m != "icl" for m in modes):
+    if todo and any(uses_adapter(m) for m in modes):
         with open(out_dir / "absorb.jsonl", "a", encoding="utf-8") as fh:
 
             def record(key: str, rec: Absorbed) -> None:

@@ -1,0 +1,54 @@
+"""The answer modes: the one definition the engine, CLI, eval, NIAH, Serve and UI import.
+
+A mode says two things: whether the document's adapter is used, and which view of the document
+(if any) goes into the prompt. No torch here, so config and the shells import it cheaply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal, get_args
+
+Mode = Literal["icl", "lift", "lift+icl"]
+MODES: tuple[str, ...] = get_args(Mode)
+DEFAULT_MODE = "lift+icl"
+# The order comparisons are shown in (NIAH panels, the UI): the baseline, the paper's setting, memory alone.
+COMPARE_MODES: tuple[str, ...] = ("icl", "lift+icl", "lift")
+MODE_TITLES = {"icl": "ICL", "lift": "LIFT", "lift+icl": "LIFT+ICL"}
+MODE_HELP = {
+    "icl": "base model + the document's head…tail view",
+    "lift": "the document's adapter, no document in the prompt",
+    "lift+icl": "adapter + the head…tail view (the paper's main setting)",
+}
+
+
+class ModeError(ValueError):
+    """An unknown answer mode."""
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it is known, else ModeError naming the choices."""
+    if mode not in MODES:
+        raise ModeError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    return mode
+
+
+def parse_modes(modes: str | Iterable[str]) -> tuple[str, ...]:
+    """Modes from "a,b" or a sequence: stripped, deduplicated in order, each known, at least one."""
+    items = modes.split(",") if isinstance(modes, str) else modes
+    out = tuple(dict.fromkeys(m.strip() for m in items if m and m.strip()))
+    if not out:
+        raise ModeError(f"no answer mode given; choose from {', '.join(MODES)}")
+    for mode in out:
+        check_mode(mode)
+    return out
+
+
+def uses_adapter(mode: str) -> bool:
+    """Whether the mode answers with the document's adapter."""
+    return check_mode(mode).startswith("lift")
+
+
+def uses_document(mode: str) -> bool:
+    """Whether the mode puts a view of the document into the prompt."""
+    return check_mode(mode) != "lift"
