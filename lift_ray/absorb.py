@@ -20,45 +20,10 @@ from lift_ray.adapters import attach_adapter
 from lift_ray.config import LiftConfig
 from lift_ray.model import LoadedModel
 from lift_ray.aux_qa import QAPair, generate_report, make_generator, parse_report, qa_samples
-from lift_ray.segments import Sample, chat_format, normalize_text, segment_samples
-from lift_ray.store import AdapterStore, BaseModelRef, Manifest, doc_id_for, now_iso, sha256_file, variant_id
-from lift_ray.train import TrainMetrics, train_adapter
-
-
-class DocumentError(ValueError):
-    """A document that cannot be absorbed (empty, not text, too large)."""
-
-
-def check_document_text(text: str, max_chars: int, name: str = "document") -> str:
-    """Normalised text, or DocumentError with one clear line."""
-    text = normalize_text(text)
-    if not text.strip():
-        raise DocumentError(f"{name} is empty (or only whitespace)")
-    if "\x00" in text:
-        raise DocumentError(f"{name} is binary, not text")
-    if len(text) > max_chars:
-        raise DocumentError(
-            f"{name} has {len(text)} characters, above the limit of {max_chars} (segments.max_document_chars)"
-        )
-    return text
-
-
-def decode_document(data: bytes, name: str) -> str:
-    """UTF-8 text of a file's bytes (a BOM is dropped), or DocumentError naming ``name``."""
-    if b"\x00" in data[:65536]:
-        raise DocumentError(f"{name} is binary, not UTF-8 text")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DocumentError(f"{name} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-
-
-def read_document(path: str | Path, max_chars: int) -> str:
-    """Read a UTF-8 text file and check it; raises DocumentError, never writes anything."""
-    p = Path(path)
-    if not p.is_file():
-        raise DocumentError(f"no such file: {p}")
-    return check_document_text(decode_document(p.read_bytes(), str(p)), max_chars, name=str(p))
+from lift_ray.segments import Sample, chat_format, segment_samples
+from lift_ray.store import AdapterStore, BaseModelRef, Manifest, TrainMetrics, doc_id_for, now_iso, sha256_file, variant_id
+from lift_ray.text import DocumentError, check_document_text, decode_document, read_document  # noqa: F401  (absorb's input errors)
+from lift_ray.train import train_adapter
 
 
 @dataclasses.dataclass
@@ -112,7 +77,7 @@ def absorb_document(
     start = time.perf_counter()
     text = check_document_text(text, cfg.segments.max_document_chars)
     doc_id = doc_id_for(text)
-    variant = variant_id(cfg.adapter.kind, loaded.model_id, loaded.weights_hash, cfg.training_hash())
+    variant = variant_id(cfg, loaded.model_id, loaded.weights_hash)
     tok = loaded.tokenizer
     if store.has(doc_id, variant) and not force:
         manifest = store.manifest(doc_id, variant)

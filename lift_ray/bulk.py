@@ -150,7 +150,7 @@ def worker_loop(job: dict[str, Any]) -> None:
     import ray.train
     import torch
 
-    from lift_ray.absorb import DocumentError
+    from lift_ray.text import DocumentError
     from lift_ray.infer import LiftEngine
     from lift_ray.store import AdapterStore
 
@@ -270,7 +270,7 @@ def check_bulk_setup(cfg: LiftConfig) -> tuple[LiftConfig, str]:
     AdapterStore(cfg.store.uri).check_writable()
     info = inspect_model(cfg.model)
     resolved = resolve_config(cfg, num_params=info.num_params, max_positions=info.max_positions, on_cuda=cfg.bulk.gpus_per_worker > 0)
-    variant = variant_id(resolved.adapter.kind, info.model_id, weights_fingerprint(info.path), resolved.training_hash())
+    variant = variant_id(resolved, info.model_id, weights_fingerprint(info.path))
     return resolved, variant
 
 

@@ -78,10 +78,13 @@ def _config(args: argparse.Namespace) -> LiftConfig:
     return build_config(getattr(args, "config", None), _overrides(args))
 
 
-def _store(cfg: LiftConfig):
+def _store(cfg: LiftConfig, *, write: bool = False):
+    """The configured store, checked before any model loads (a verb that trains needs it writable)."""
     from lift_ray.store import AdapterStore
 
-    return AdapterStore(cfg.store.uri or default_store_uri())
+    store = AdapterStore(cfg.store.uri or default_store_uri())
+    store.check_writable() if write else store.check_readable()
+    return store
 
 
 # --- verbs ------------------------------------------------------------------------------------
@@ -89,15 +92,16 @@ def _store(cfg: LiftConfig):
 
 def cmd_absorb(args: argparse.Namespace) -> int:
     """Absorb a document into an adapter and publish it to the store."""
-    from lift_ray.absorb import read_document
+    from lift_ray.text import read_document
     from lift_ray.infer import LiftEngine
     from lift_ray.model import check_model_spec
 
     cfg = _config(args)
     text = read_document(args.file, cfg.segments.max_document_chars)
+    store = _store(cfg, write=True)
     check_model_spec(cfg.model)
     _set_threads(args.threads)
-    engine = LiftEngine.from_config(cfg)
+    engine = LiftEngine.from_config(cfg, store=store)
     result = engine.absorb(text, force=args.force, progress=not args.quiet)
     if args.show_qa and result.status == "already_absorbed":
         from lift_ray.absorb import auxiliary_pairs
@@ -138,22 +142,18 @@ def _read_questions(args: argparse.Namespace) -> list[str]:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     """Answer questions about an absorbed document (or, in icl mode, any text file)."""
-    from lift_ray.absorb import read_document
-    from lift_ray.infer import LiftEngine, engine_for_manifest
-    from lift_ray.store import StoreError, doc_id_for, is_doc_id
+    from lift_ray.text import read_document
+    from lift_ray.infer import LiftEngine, engine_for_manifest, resolve_document
+    from lift_ray.store import StoreError, is_doc_id
 
     cfg = _config(args)
     questions = _read_questions(args)
     store = _store(cfg)
     mode = cfg.inference.mode
     target = args.doc
-    if is_doc_id(target):
-        doc_id, text = target, None
-    elif Path(target).is_file():
-        text = read_document(target, cfg.segments.max_document_chars)
-        doc_id = doc_id_for(text)
-    else:
+    if not is_doc_id(target) and not Path(target).exists():
         raise StoreError(f"{target!r} is neither a document id nor a file")
+    doc_id, text = resolve_document(target if is_doc_id(target) else read_document(target, cfg.segments.max_document_chars))
     known = bool(store.variants(doc_id))
     if not known and (text is None or mode != "icl"):
         hint = "" if text is None else f"; absorb it first: lift-ray absorb {target}"
@@ -231,13 +231,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     modes = check_modes(args.modes.split(","))
+    store = _store(cfg, write=True)
     docs = load_eval_set(args.data, split=args.split, subset=args.subset, columns=parse_column_map(args.columns))
     if args.limit_docs:
         docs = docs[: args.limit_docs]
     judge = LLMJudge(*endpoint) if (endpoint := _judge_endpoint(args)) else None
     check_model_spec(cfg.model)
     _set_threads(args.threads)
-    engine = LiftEngine.from_config(cfg)
+    engine = LiftEngine.from_config(cfg, store=store)
     summary = run_eval(engine, docs, args.out, modes=modes, judge=judge, workers=cfg.bulk.workers, progress=not args.quiet)
     _emit(summary, args.json, summary_markdown(summary))
     return 0
@@ -284,10 +285,11 @@ def cmd_niah(args: argparse.Namespace) -> int:
         needles, question = [Needle(DEFAULT_NEEDLE, DEFAULT_ANSWER)], DEFAULT_QUESTION
     judge = OpenAIChatBackend(*endpoint) if (endpoint := _judge_endpoint(args)) else None
     settings = NiahSettings(needles, question, args.modes.split(","), judge.identity() if judge else None)
+    store = _store(cfg, write=True)
     haystack = load_haystack(args.haystack)
     check_model_spec(cfg.model)
     _set_threads(args.threads)
-    engine = LiftEngine.from_config(cfg)
+    engine = LiftEngine.from_config(cfg, store=store)
     result = run_grid(engine, haystack, lengths, depths, settings, args.out, judge=judge, ray_address=args.address,
                       progress=not args.quiet)
     human = "\n".join(

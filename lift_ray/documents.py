@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from lift_ray.absorb import DocumentError, check_document_text, decode_document
+from lift_ray.text import DocumentError, check_document_text, decode_document
 from lift_ray.config import ConfigError
 from lift_ray.store import doc_id_for
 

@@ -1,6 +1,6 @@
 """The errors that mean "bad input" (reported as one line, exit 2) rather than a bug."""
 
-from lift_ray.absorb import DocumentError
+from lift_ray.text import DocumentError
 from lift_ray.adapters.base import AdapterError
 from lift_ray.config import ConfigError
 from lift_ray.evaluate.data import EvalError

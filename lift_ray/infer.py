@@ -67,6 +67,16 @@ def build_question_prompt(
     return build_prompt_ids(fmt, content)
 
 
+def resolve_document(doc: str) -> tuple[str, str | None]:
+    """(doc_id, normalised text) for a document's text; (doc_id, None) for a document id (read from the store when needed)."""
+    from lift_ray.store import is_doc_id
+
+    if is_doc_id(doc):
+        return doc, None
+    text = normalize_text(doc)
+    return doc_id_for(text), text
+
+
 @dataclasses.dataclass
 class Answer:
     answer: str
@@ -153,15 +163,6 @@ class LiftEngine:
             self._attached = None
 
     # --- answering -----------------------------------------------------------------------------
-    def _resolve_doc(self, doc: str) -> tuple[str, str | None]:
-        """(doc_id, text) for a raw text; (doc_id, None) for a document id, read from the store when needed."""
-        from lift_ray.store import is_doc_id
-
-        if is_doc_id(doc):
-            return doc, None
-        text = normalize_text(doc)
-        return doc_id_for(text), text
-
     def _document_ids(self, doc_id: str, text: str | None) -> list[int]:
         """The document's token ids, kept for the last document: many questions, one read and tokenisation."""
         if self._doc_tokens is None or self._doc_tokens[0] != doc_id:
@@ -178,7 +179,7 @@ class LiftEngine:
         context_window: int | None,
     ) -> tuple[list[int], torch.nn.Module, str | None, str | None, object]:
         _check_mode(mode)
-        doc_id, text = self._resolve_doc(doc)
+        doc_id, text = resolve_document(doc)
         manifest = None
         if uses_adapter(mode):
             manifest = self.attach(doc_id, variant)

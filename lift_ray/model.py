@@ -104,9 +104,11 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
         if (final / "config.json").is_file():
             return final
         _log(f"converting {gguf_path.name} to safetensors in {final} (once)")
+        # Dequantise in float32 (transformers' fast GGUF path), then keep bf16 on disk: the same
+        # bf16 tensors as a bf16 load, without the dtype hint that load prints.
         model = AutoModelForCausalLM.from_pretrained(
-            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.bfloat16
-        )
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        ).to(torch.bfloat16)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         # Trainer and peft refuse a model that still carries the GGUF quantisation config.
         if getattr(model, "hf_quantizer", None) is not None:

@@ -38,7 +38,8 @@ from lift_ray.aux_qa import split_paragraphs
 from lift_ray.config import cache_dir
 from lift_ray.demo import is_correct
 from lift_ray.modes import COMPARE_MODES, MODE_TITLES, ModeError, parse_modes
-from lift_ray.segments import normalize_text, truncate_middle
+from lift_ray.segments import truncate_middle
+from lift_ray.text import atomic_write, normalize_text
 
 # The PG essays ship inside gkamradt's PyPI package. Its pinned dependencies (langchain, anthropic,
 # old aiohttp, ...) are not wanted, so it is fetched with --no-deps and only its text files are read.
@@ -216,7 +217,7 @@ def load_haystack(path: str | None = None) -> Haystack:
     """The user's text file, or Paul Graham's essays by default."""
     if path is None:
         return Haystack.from_text(paul_graham_essays(), PAUL_GRAHAM)
-    from lift_ray.absorb import DocumentError, read_document
+    from lift_ray.text import DocumentError, read_document
 
     try:
         text = read_document(path, max_chars=10**9)
@@ -445,10 +446,7 @@ def run_key(settings: NiahSettings, haystack: Haystack, engine) -> dict:
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
 
 def _check_out_dir(out: Path, key: dict) -> None:
@@ -494,7 +492,7 @@ def absorb_cells(
         docs = [DocumentInput(c.text, alias=c.cell_id, source=f"niah:{c.cell_id}") for c in cells]
         bulk_records = absorb_with_workers(engine, docs, workers, progress=progress, ray_address=ray_address)
         cfg, loaded = engine.config, engine.loaded
-        variant = variant_id(cfg.adapter.kind, loaded.model_id, loaded.weights_hash, cfg.training_hash())
+        variant = variant_id(cfg, loaded.model_id, loaded.weights_hash)
         missing = [c.cell_id for c in cells if not engine.store.has(doc_id_for(c.text), variant)]
         if missing:  # never fall back to training here what the workers should have published
             raise RuntimeError(f"the bulk run published no adapter {variant} for cells {', '.join(missing)}")

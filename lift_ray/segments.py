@@ -18,26 +18,12 @@ same prefix can be packed into one sequence where the prefix is computed once (s
 from __future__ import annotations
 
 import dataclasses
-import unicodedata
 
 import torch
 
+from lift_ray.text import normalize_text  # noqa: F401  (the hashed normal form; re-exported for callers of segments)
+
 IGNORE_INDEX = -100
-
-
-# --- text normalisation ------------------------------------------------------------------------
-
-
-def normalize_text(text: str) -> str:
-    """Canonical form of a document, the input of its content hash.
-
-    Unicode NFC; CRLF and CR become LF; trailing spaces and tabs on each line are dropped; leading
-    and trailing blank lines are dropped; the text ends without a newline.
-    """
-    text = unicodedata.normalize("NFC", text)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    lines = [line.rstrip(" \t") for line in text.split("\n")]
-    return "\n".join(lines).strip("\n")
 
 
 # --- chat format -------------------------------------------------------------------------------

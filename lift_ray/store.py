@@ -26,8 +26,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lift_ray.segments import normalize_text
-from lift_ray.train import TrainMetrics
+from lift_ray.text import atomic_write
+
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -41,6 +41,20 @@ class StoreError(ValueError):
     """Unknown or invalid id, or an unreadable entry."""
 
 
+class TrainMetrics(BaseModel):
+    """What one training run did; kept in the manifest (the loop in :mod:`lift_ray.train` fills it)."""
+
+    steps: int = Field(description="Optimiser updates.")
+    epochs: int
+    samples: int
+    target_tokens: int = Field(description="Tokens with a loss, over all epochs.")
+    sample_tokens: int = Field(description="Tokens of the samples as written, over all epochs.")
+    computed_tokens: int = Field(description="Tokens actually run through the model (after prefix sharing).")
+    seconds: float
+    tokens_per_second: float = Field(description="sample_tokens / seconds: throughput on the samples.")
+    epoch_losses: list[float] = Field(description="Mean target loss per epoch.")
+
+
 class BaseModelRef(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     model_id: str
@@ -50,7 +64,9 @@ class BaseModelRef(BaseModel):
 
 
 class Manifest(BaseModel):
-    """One adapter of one document. Versioned; readers migrate older versions in :func:`parse_manifest`."""
+    """One adapter of one document. Versioned: :func:`parse_manifest` reads FORMAT_VERSION and refuses
+    any other version with a clear error (no older version exists yet; a format change adds its
+    migration there)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     format_version: int = FORMAT_VERSION
@@ -89,13 +105,22 @@ def parse_manifest(raw: str | bytes, where: str) -> Manifest:
 
 
 def doc_id_for(text: str) -> str:
-    """Content hash of the normalised text."""
-    return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()[:32]
+    """Content hash of a document's text, already in normal form (:func:`lift_ray.text.normalize_text`).
+
+    Documents are normalised once where they enter (:mod:`lift_ray.text`); hashing here again would
+    hide a caller that stores or trains on another form than it hashed.
+    """
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-def variant_id(kind: str, model_id: str, weights_hash: str, config_hash: str) -> str:
-    key = json.dumps([kind, model_id, weights_hash, config_hash])
-    return f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+def variant_id(cfg, model_id: str, weights_hash: str) -> str:
+    """The adapter variant a resolved config trains on a base model: ``<kind>-<12 hex>``.
+
+    The one place that says what makes two adapters of a document different (adapter kind, base
+    model and its weights, every training setting), used by absorb, bulk and NIAH alike.
+    """
+    key = json.dumps([cfg.adapter.kind, model_id, weights_hash, cfg.training_hash()])
+    return f"{cfg.adapter.kind}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def is_doc_id(value: str) -> bool:
@@ -159,14 +184,7 @@ class AdapterStore:
     # --- low-level io --------------------------------------------------------------------------
     def _write_bytes(self, path: str, data: bytes) -> None:
         if self._local:
-            parent = os.path.dirname(path)
-            os.makedirs(parent, exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            atomic_write(path, data)
         else:
             self.fs.pipe_file(path, data)
 
@@ -284,6 +302,14 @@ class AdapterStore:
         """Keep a document's auxiliary QA report (written before training; invisible until a manifest exists)."""
         self._write_bytes(self._aux_qa_path(doc_id, key), payload.encode("utf-8"))
 
+    def check_readable(self) -> None:
+        """Fail now, with StoreError, if a local store's root is something other than a directory.
+
+        A root that does not exist yet is an empty store; remote stores are checked on first read.
+        """
+        if self._local and Path(self.root).exists() and not Path(self.root).is_dir():
+            raise StoreError(f"store {self.uri} is not a directory")
+
     def check_writable(self) -> None:
         """Fail now, with StoreError, if this store cannot be written (before hours of training do).
 
@@ -323,7 +349,7 @@ class AdapterStore:
             self.fs.rm(manifest_path)
         doc_path = f"{self._doc_dir(doc_id)}/{DOCUMENT}"
         if not self.fs.exists(doc_path):
-            self._write_bytes(doc_path, normalize_text(text).encode("utf-8"))
+            self._write_bytes(doc_path, text.encode("utf-8"))
         for name in manifest.files:
             self._put_file(Path(files_dir) / name, f"{adapter_dir}/{name}")
         self._write_bytes(manifest_path, manifest.model_dump_json(indent=2).encode("utf-8"))

@@ -21,18 +21,7 @@ from tqdm.auto import tqdm
 from lift_ray.adapters.base import AdapterHandle
 from lift_ray.config import TrainConfig
 from lift_ray.segments import PackedBatch, Sample, group_for_packing, pack_shared_prefix
-
-
-class TrainMetrics(BaseModel):
-    steps: int = Field(description="Optimiser updates.")
-    epochs: int
-    samples: int
-    target_tokens: int = Field(description="Tokens with a loss, over all epochs.")
-    sample_tokens: int = Field(description="Tokens of the samples as written, over all epochs.")
-    computed_tokens: int = Field(description="Tokens actually run through the model (after prefix sharing).")
-    seconds: float
-    tokens_per_second: float = Field(description="sample_tokens / seconds: throughput on the samples.")
-    epoch_losses: list[float] = Field(description="Mean target loss per epoch.")
+from lift_ray.store import TrainMetrics
 
 
 def packed_loss(module: torch.nn.Module, batch: PackedBatch) -> tuple[torch.Tensor, int]:

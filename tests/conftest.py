@@ -228,3 +228,11 @@ def chat_endpoint(content: str):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def pytest_collection_modifyitems(config, items):
+    # Every test that starts or joins a Ray cluster carries the `ray` marker, so `-m "not ray"` is a
+    # fast local loop; marking by fixture keeps a new Ray test from slipping through unmarked.
+    for item in items:
+        if {"ray_head", "ray_client"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)

@@ -39,13 +39,25 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def test_verbs_and_help():
-    assert list(VERBS) == ["absorb", "ask", "docs", "models", "bulk", "eval", "niah"]
+EXPECTED_VERBS = ["absorb", "ask", "docs", "models", "bulk", "eval", "niah"]
+
+
+def test_verbs_and_help(capsys):
+    # What a user can type is the parser's subcommands; each must reach its handler and show its
+    # handler's docstring as help (written out here, not read back from the table the help is built from).
     parser = build_parser()
-    help_text = parser.format_help()
-    for verb in VERBS:
-        assert verb in help_text
-    absorb_help = parser._subparsers._group_actions[0].choices["absorb"].format_help()
+    subcommands = parser._subparsers._group_actions[0].choices
+    assert sorted(subcommands) == sorted(EXPECTED_VERBS)
+    assert list(VERBS) == EXPECTED_VERBS
+    top_help = parser.format_help()
+    for verb in EXPECTED_VERBS:
+        summary = VERBS[verb].__doc__.strip().splitlines()[0]
+        assert summary and summary[:40] in " ".join(top_help.split()), f"{verb}: help lacks {summary!r}"
+        with pytest.raises(SystemExit) as exit_info:
+            main([verb, "--help"])
+        assert exit_info.value.code == 0
+        assert f"usage: lift-ray {verb}" in " ".join(capsys.readouterr().out.split())
+    absorb_help = subcommands["absorb"].format_help()
     assert "--context-window N" in absorb_help and "token budget W" in absorb_help
 
 
@@ -157,3 +169,28 @@ def test_bad_input_is_one_line_and_leaves_no_trace(capsys, tmp_path, tiny_model_
         assert message in lines[0], (argv, lines[0])
         assert out == ""
         assert not store.exists(), argv
+
+
+def test_a_file_as_store_or_a_directory_as_document_is_one_line_before_any_model_loads(capsys, tmp_path, doc, monkeypatch):
+    import lift_ray.model
+
+    def no_model(*a, **k):  # the checks come first: a bad store must not cost a model load
+        raise AssertionError("the model was loaded before the store was checked")
+
+    monkeypatch.setattr(lift_ray.model, "load_model", no_model)
+    monkeypatch.setattr(lift_ray.model, "inspect_model", no_model)
+    not_a_dir = tmp_path / "some-file.txt"
+    not_a_dir.write_text("notes")
+    cases = [
+        (("absorb", doc, "--store", not_a_dir), "not a writable directory"),
+        (("eval", "--data", doc, "--out", tmp_path / "out", "--store", not_a_dir), "not a writable directory"),
+        (("niah", "--out", tmp_path / "niah", "--lengths", "64", "--depths", "50", "--haystack", doc, "--store", not_a_dir), "not a writable directory"),
+        (("ask", "0" * 32, "Who?", "--store", not_a_dir), "is not a directory"),
+        (("absorb", tmp_path, "--store", tmp_path / "store"), "is a directory; to absorb every document in it use: lift-ray bulk --input"),
+    ]
+    for argv, message in cases:
+        code, out, err = run(capsys, *argv)
+        lines = [x for x in err.splitlines() if x.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("lift-ray: error:"), (argv, err)
+        assert message in lines[0], (argv, lines[0])
+    assert not_a_dir.read_text() == "notes" and not (tmp_path / "store").exists()

@@ -2,7 +2,6 @@
 
 import math
 import threading
-import time
 
 import pytest
 import torch
@@ -269,12 +268,12 @@ def test_4bit_base_attaches_trains_and_generates(tiny_model_dir):
     handle.detach()
 
 
-def test_attach_and_detach_are_quick():
+def test_attach_and_detach_share_the_base_weights():
+    # Attach wraps attention in place: no base weight is copied or moved (which is what keeps
+    # attach/detach cheap on a resident model; their timing is in benchmarks/gated_memory.py).
     model = make_tiny("llama")
-    start = time.perf_counter()
+    storage = {name: p.data_ptr() for name, p in model.named_parameters()}
     handle = GatedMemoryHandle.attach(model, GatedMemoryAdapterConfig())
-    attached = time.perf_counter()
-    handle.detach()
-    done = time.perf_counter()
-    print(f"attach {attached - start:.4f} s, detach {done - attached:.4f} s")
-    assert attached - start < 0.5 and done - attached < 0.5
+    assert set(storage.values()) <= {p.data_ptr() for p in handle.module.parameters() if not p.requires_grad}
+    restored = handle.detach()
+    assert {name: p.data_ptr() for name, p in restored.named_parameters()} == storage

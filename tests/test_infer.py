@@ -63,7 +63,14 @@ def test_icl_with_an_adapter_attached_equals_plain_icl(engine, absorbed):
     engine.attach(absorbed.doc_id)
     with_adapter = engine.answer("Who keeps a tortoise?", absorbed.doc_id, "icl")
     assert plain.answer == with_adapter.answer and plain.prompt_tokens == with_adapter.prompt_tokens
-    # and the adapter changes lift+icl outputs relative to icl (it was trained)
+    # ...while lift+icl asks with the same prompt through the trained adapter, which changes the output.
+    lift_icl = engine.answer("Who keeps a tortoise?", absorbed.doc_id, "lift+icl")
+    assert lift_icl.variant == absorbed.variant and lift_icl.prompt_tokens == plain.prompt_tokens
+    with torch.no_grad():
+        adapted = engine._handle.module(input_ids=IDS).logits
+        with engine._handle.disabled():
+            base = engine._handle.module(input_ids=IDS).logits
+    assert not torch.allclose(adapted, base, atol=1e-5), "the trained adapter left the logits unchanged"
     engine.detach()
 
 

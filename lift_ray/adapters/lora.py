@@ -7,6 +7,8 @@ peft's ``PeftModel.from_pretrained`` or a LoRA server loads the directory as it 
 from __future__ import annotations
 
 import contextlib
+import logging
+import warnings
 from pathlib import Path
 from typing import ClassVar
 
@@ -17,6 +19,11 @@ from lift_ray.config import LoraAdapterConfig
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
+
+# peft imports bitsandbytes whenever it is installed; on CPUs with avx512_bf16 bitsandbytes then
+# warns that an optional hub kernel package is missing, although no 4-bit model is in use (and
+# its 4-bit CPU path works without it).
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 class LoraHandle:
@@ -42,7 +49,10 @@ class LoraHandle:
             task_type="CAUSAL_LM",
         )
         try:
-            peft_model = get_peft_model(model, peft_cfg)
+            with warnings.catch_warnings():
+                # peft reads transformers' deprecated `is_gradient_checkpointing` property (not our call).
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                peft_model = get_peft_model(model, peft_cfg)
         except ValueError as exc:
             raise AdapterError(f"cannot attach LoRA: {exc}") from None
         if base_model_id:  # peft records the local cache path; the manifest's stable id is what users pass
@@ -55,7 +65,9 @@ class LoraHandle:
     def state_dict(self) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
 
-        return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(self.module).items()}
+        # The adapter never touches embeddings; saying so skips peft's lookup of the base config.
+        state = get_peft_model_state_dict(self.module, save_embedding_layers=False)
+        return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         from peft import set_peft_model_state_dict

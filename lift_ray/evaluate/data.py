@@ -175,7 +175,7 @@ def documents_from_rows(rows: Iterable[dict], source: str, mapping: dict[str, st
     Raises:
         EvalError: no rows, a missing column, an empty document, or no question with an answer.
     """
-    from lift_ray.absorb import DocumentError, check_document_text
+    from lift_ray.text import DocumentError, check_document_text
 
     mapping = mapping or {}
     docs: dict[str, EvalDocument] = {}

@@ -213,7 +213,7 @@ def run_eval(
     Raises:
         EvalError: unknown modes, or an ``out_dir`` holding a run with other settings.
     """
-    from lift_ray.absorb import check_document_text
+    from lift_ray.text import check_document_text
 
     modes = check_modes(modes)
     out_dir = Path(out_dir)
