@@ -20,6 +20,7 @@ from lift_ray.adapters import attach_adapter
 from lift_ray.config import LiftConfig
 from lift_ray.model import LoadedModel
 from lift_ray.aux_qa import QAPair, generate_report, make_generator, parse_report, qa_samples
+from lift_ray.retrieval import RetrievalIndex, index_key
 from lift_ray.segments import Sample, chat_format, segment_samples
 from lift_ray.store import AdapterStore, BaseModelRef, Manifest, TrainMetrics, doc_id_for, now_iso, sha256_file, variant_id
 from lift_ray.text import DocumentError, check_document_text, decode_document, read_document  # noqa: F401  (absorb's input errors)
@@ -167,6 +168,10 @@ def absorb_document(
                 return AbsorbResult(
                     doc_id, variant, "lease_lost", len(doc_ids), store.uri, round(time.perf_counter() - start, 3), metrics
                 )
+            # The rag modes' index is built once here and kept beside the document for every reader.
+            r = cfg.retrieval
+            index = RetrievalIndex.build(text, tok, r.chunk_tokens, r.overlap_tokens)
+            store.put_retrieval_index(doc_id, index_key(loaded.model_id, r.chunk_tokens, r.overlap_tokens), index.to_files())
             store.publish(manifest, text, Path(tmp))
     finally:
         loaded.model = handle.detach()

@@ -37,7 +37,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
-from lift_ray.segments import ChatFormat, Sample, build_prompt_ids, IGNORE_INDEX, truncate_middle
+from lift_ray.segments import ChatFormat, Sample, build_prompt_ids, IGNORE_INDEX, question_content, truncate_middle
 
 CACHE_VERSION = 1
 
@@ -1512,8 +1512,7 @@ def qa_samples(
     shared = [*fmt.user_start, *view]
     samples = []
     for p in pairs:
-        asked = tokenizer("\n\n" + answer_prompt.format(question=p.question.strip()), add_special_tokens=False)["input_ids"]
-        prompt = build_prompt_ids(fmt, [*view, *asked])
+        prompt = build_prompt_ids(fmt, question_content(tokenizer, view, p.question, answer_prompt))
         target = [*tokenizer(p.answer.strip(), add_special_tokens=False)["input_ids"], *fmt.reply_end]
         samples.append(Sample(prompt + target, [IGNORE_INDEX] * len(prompt) + target, len(shared), "qa"))
     return samples

@@ -211,7 +211,10 @@ def parse_adapter_config(data: dict[str, Any]) -> LoraAdapterConfig | GatedMemor
 class InferenceConfig(_Base):
     """How questions are answered."""
 
-    mode: Mode = Field(DEFAULT_MODE, description="icl: base + truncated document; lift: adapter only; lift+icl: both.")
+    mode: Mode = Field(
+        DEFAULT_MODE,
+        description="icl: base + head…tail view; lift: adapter only; lift+icl: both; rag: base + retrieved chunks; lift+rag: adapter + retrieved chunks.",
+    )
     max_new_tokens: int = Field(64, ge=1, le=8192, description="Maximum tokens generated per answer.")
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (with do_sample).")
@@ -234,6 +237,23 @@ class InferenceConfig(_Base):
         if "{question}" not in v:
             raise ValueError("must contain the placeholder {question}")
         return v
+
+
+class RetrievalConfig(_Base):
+    """The retrieval view of modes rag and lift+rag (lift_ray.retrieval): BM25 over document chunks."""
+
+    chunk_tokens: int = Field(48, ge=8, description="Tokens per chunk; a chunk ends at a sentence end in its second half where there is one.")
+    overlap_tokens: int = Field(16, ge=0, description="Tokens shared by consecutive chunks.")
+    head_tail_share: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Share of W kept for the document's head and tail around the retrieved chunks (0: chunks only).",
+    )
+
+    @model_validator(mode="after")
+    def _overlap_below_chunk(self) -> "RetrievalConfig":
+        if self.overlap_tokens >= self.chunk_tokens:
+            raise ValueError(f"retrieval.overlap_tokens={self.overlap_tokens} must be below retrieval.chunk_tokens={self.chunk_tokens}")
+        return self
 
 
 class StoreConfig(_Base):
@@ -272,6 +292,7 @@ class LiftConfig(_Base):
     train: TrainConfig = Field(default_factory=TrainConfig)
     adapter: AdapterConfig = Field(default_factory=LoraAdapterConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     bulk: BulkConfig = Field(default_factory=BulkConfig)
 
@@ -458,6 +479,7 @@ def reference_markdown() -> str:
         ("adapter", LoraAdapterConfig),
         ("adapter", GatedMemoryAdapterConfig),
         ("inference", InferenceConfig),
+        ("retrieval", RetrievalConfig),
         ("store", StoreConfig),
         ("bulk", BulkConfig),
     ]

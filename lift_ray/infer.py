@@ -1,8 +1,10 @@
-"""Answering questions in the three LIFT modes, on one resident base model (paper §3.4).
+"""Answering questions in the LIFT modes, on one resident base model (paper §3.4).
 
 * ``icl``: the base model with the document truncated to a head + "..." + tail view of W tokens.
 * ``lift``: the document's adapter, no document in the prompt.
 * ``lift+icl``: the adapter and the truncated view (the paper's main setting; the default).
+* ``rag`` / ``lift+rag``: the base model / the adapter with the document's chunks that retrieval
+  picks for the question in the same W tokens (:mod:`lift_ray.retrieval`).
 
 :class:`LiftEngine` keeps the base model loaded, attaches a document's adapter on demand (keeping
 the last one attached for the next question) and detaches it cleanly.
@@ -10,6 +12,8 @@ the last one attached for the next question) and detaches it cleanly.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import sys
 import threading
@@ -22,10 +26,13 @@ import torch
 from lift_ray.adapters import AdapterHandle, load_adapter
 from lift_ray.adapters.base import AdapterError
 from lift_ray.config import LiftConfig, ModelSpec, resolve_config
-from lift_ray.modes import ModeError, check_mode, uses_adapter, uses_document
+from lift_ray.modes import HEAD_TAIL, ModeError, check_mode, uses_adapter, uses_document, view_of
 from lift_ray.model import LoadedModel, inspect_model, load_model, pick_device
-from lift_ray.segments import ChatFormat, build_prompt_ids, chat_format, normalize_text, truncate_middle
-from lift_ray.store import AdapterStore, Manifest, doc_id_for
+from lift_ray.segments import ChatFormat, build_prompt_ids, chat_format, normalize_text, question_content, truncate_middle
+from lift_ray.retrieval import RetrievalIndex, index_key, retrieved_view
+from lift_ray.store import AdapterStore, Manifest, StoreError, doc_id_for
+
+_INDEX_CACHE = 32  # retrieval indexes kept in memory (they are small: a few KB per document)
 
 class QuestionError(ValueError):
     """A question that cannot be asked (empty, too long, unknown mode)."""
@@ -44,13 +51,15 @@ def build_question_prompt(
     tokenizer,
     question: str,
     mode: str,
-    doc_ids: list[int] | None,
-    context_window: int,
+    view: list[int] | None,
     answer_prompt: str,
     lift_prompt: str,
-    mixin: str,
 ) -> list[int]:
-    """Token ids of the generation prompt for one question in one mode."""
+    """Token ids of the generation prompt for one question in one mode.
+
+    Args:
+        view: the document's view for the mode (head…tail or retrieved token ids); None in lift mode.
+    """
     _check_mode(mode)
     question = question.strip()
     if not question:
@@ -58,12 +67,9 @@ def build_question_prompt(
     if not uses_document(mode):
         content = tokenizer(lift_prompt.format(question=question), add_special_tokens=False)["input_ids"]
     else:
-        if doc_ids is None:
+        if view is None:
             raise QuestionError(f"mode {mode} needs the document text")
-        mixin_ids = tokenizer(mixin, add_special_tokens=False)["input_ids"]
-        view = truncate_middle(doc_ids, context_window, mixin_ids)
-        asked = tokenizer("\n\n" + answer_prompt.format(question=question), add_special_tokens=False)["input_ids"]
-        content = view + asked
+        content = question_content(tokenizer, view, question, answer_prompt)
     return build_prompt_ids(fmt, content)
 
 
@@ -78,6 +84,18 @@ def resolve_document(doc: str) -> tuple[str, str | None]:
 
 
 @dataclasses.dataclass
+class _Prepared:
+    """Everything one generate call needs."""
+
+    prompt: list[int]
+    module: torch.nn.Module  # the adapted model, or the base
+    doc_id: str | None
+    variant: str | None  # the adapter variant answering, None without one
+    disable: contextlib.AbstractContextManager  # switches an attached adapter off for base-model modes
+    view: str | None  # kind of document view in the prompt
+
+
+@dataclasses.dataclass
 class Answer:
     answer: str
     mode: str
@@ -87,6 +105,7 @@ class Answer:
     prompt_tokens: int
     new_tokens: int
     seconds: float
+    view: str | None = None  # "head_tail" or "retrieved" (rag modes fall back to head_tail when nothing matches); None in lift mode
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -109,6 +128,7 @@ class LiftEngine:
         self._handle: AdapterHandle | None = None
         self._attached: tuple[str, str] | None = None
         self._doc_tokens: tuple[str, list[int]] | None = None
+        self._indexes: collections.OrderedDict[tuple[str, str], RetrievalIndex] = collections.OrderedDict()
 
     @classmethod
     def from_config(cls, config: LiftConfig, store: AdapterStore | None = None) -> "LiftEngine":
@@ -170,6 +190,48 @@ class LiftEngine:
             self._doc_tokens = (doc_id, self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
         return self._doc_tokens[1]
 
+    # --- views of the document ---------------------------------------------------------------
+    def retrieval_index(self, doc_id: str, text: str | None = None) -> RetrievalIndex:
+        """The document's retrieval index: cached here, else read from the store, else built.
+
+        A document absorbed before retrieval existed gets its index on first use, stored beside it
+        for the next replica; a store that refuses the write only costs the rebuild next time.
+        """
+        r = self.config.retrieval
+        key = index_key(self.loaded.model_id, r.chunk_tokens, r.overlap_tokens)
+        if (doc_id, key) in self._indexes:
+            self._indexes.move_to_end((doc_id, key))
+            return self._indexes[(doc_id, key)]
+        stored = bool(self.store.variants(doc_id))
+        files = self.store.retrieval_index(doc_id, key) if stored else None
+        if files is not None:
+            index = RetrievalIndex.from_files(files)
+        else:
+            text = text if text is not None else self.store.text(doc_id)
+            index = RetrievalIndex.build(text, self.loaded.tokenizer, r.chunk_tokens, r.overlap_tokens)
+            if stored:
+                try:
+                    self.store.put_retrieval_index(doc_id, key, index.to_files())
+                except (OSError, StoreError) as exc:
+                    log(f"warning: could not keep the retrieval index of {doc_id} in {self.store.uri}: {exc}")
+        self._indexes[(doc_id, key)] = index
+        while len(self._indexes) > _INDEX_CACHE:
+            self._indexes.popitem(last=False)
+        return index
+
+    def document_view(self, doc_id: str, text: str | None, question: str, mode: str, window: int) -> tuple[list[int] | None, str | None]:
+        """(token ids, kind) of the document's view that ``mode`` puts in the prompt; (None, None) in lift mode."""
+        kind = view_of(mode)
+        if kind is None:
+            return None, None
+        doc_tokens = self._document_ids(doc_id, text)
+        mixin_ids = self.loaded.tokenizer(self.config.segments.mixin, add_special_tokens=False)["input_ids"]
+        if kind == HEAD_TAIL:
+            return truncate_middle(doc_tokens, window, mixin_ids), HEAD_TAIL
+        view = retrieved_view(self.retrieval_index(doc_id, text), doc_tokens, question, window, mixin_ids,
+                              self.config.retrieval.head_tail_share)
+        return view.ids, view.kind
+
     def _prepare(
         self,
         question: str,
@@ -177,7 +239,7 @@ class LiftEngine:
         mode: str,
         variant: str | None,
         context_window: int | None,
-    ) -> tuple[list[int], torch.nn.Module, str | None, str | None, object]:
+    ) -> "_Prepared":
         _check_mode(mode)
         doc_id, text = resolve_document(doc)
         manifest = None
@@ -186,19 +248,16 @@ class LiftEngine:
         elif self.store.variants(doc_id):  # icl on an absorbed document: same W as its adapter saw
             manifest = self.store.latest_manifest(doc_id, variant)
         window = context_window or (manifest.context_window if manifest else self.config.segments.context_window)
-        tok = self.loaded.tokenizer
-        doc_ids = self._document_ids(doc_id, text) if uses_document(mode) else None
         inf = self.config.inference
+        view, view_kind = self.document_view(doc_id, text, question, mode, window) if question.strip() else (None, None)
         prompt = build_question_prompt(
             fmt=self.fmt,
-            tokenizer=tok,
+            tokenizer=self.loaded.tokenizer,
             question=question,
             mode=mode,
-            doc_ids=doc_ids,
-            context_window=window,
+            view=view,
             answer_prompt=inf.answer_prompt,
             lift_prompt=inf.lift_prompt,
-            mixin=self.config.segments.mixin,
         )
         if len(prompt) > self.loaded.max_positions - 1:
             raise QuestionError(
@@ -207,12 +266,10 @@ class LiftEngine:
         if not uses_adapter(mode) and self._handle is not None:
             disable = self._handle.disabled()
         else:
-            import contextlib
-
             disable = contextlib.nullcontext()
         module = self._handle.module if (self._handle is not None and uses_adapter(mode)) else self.loaded.model
         used_variant = manifest.variant if manifest is not None and uses_adapter(mode) else None
-        return prompt, module, doc_id, used_variant, disable
+        return _Prepared(prompt, module, doc_id, used_variant, disable, view_kind)
 
     def _generate_kwargs(self, prompt: list[int], max_new_tokens: int | None) -> dict:
         inf = self.config.inference
@@ -255,13 +312,14 @@ class LiftEngine:
         """
         mode = mode or self.config.inference.mode
         start = time.perf_counter()
-        prompt, module, doc_id, used_variant, disable = self._prepare(question, doc, mode, variant, context_window)
-        kwargs = self._generate_kwargs(prompt, max_new_tokens)
-        with torch.inference_mode(), disable:
-            out = module.generate(**kwargs)
-        new = out[0, len(prompt) :]
+        p = self._prepare(question, doc, mode, variant, context_window)
+        kwargs = self._generate_kwargs(p.prompt, max_new_tokens)
+        with torch.inference_mode(), p.disable:
+            out = p.module.generate(**kwargs)
+        new = out[0, len(p.prompt) :]
         text = self.loaded.tokenizer.decode(new, skip_special_tokens=True).strip()
-        return Answer(text, mode, doc_id, used_variant, question, len(prompt), int(new.numel()), round(time.perf_counter() - start, 3))
+        return Answer(text, mode, p.doc_id, p.variant, question, len(p.prompt), int(new.numel()),
+                      round(time.perf_counter() - start, 3), p.view)
 
     def stream_answer(
         self,
@@ -277,9 +335,10 @@ class LiftEngine:
         from transformers import TextIteratorStreamer
 
         mode = mode or self.config.inference.mode
-        prompt, module, _, _, disable = self._prepare(question, doc, mode, variant, context_window)
+        p = self._prepare(question, doc, mode, variant, context_window)
+        module, disable = p.module, p.disable
         streamer = TextIteratorStreamer(self.loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = self._generate_kwargs(prompt, max_new_tokens)
+        kwargs = self._generate_kwargs(p.prompt, max_new_tokens)
         errors: list[BaseException] = []
 
         def run() -> None:

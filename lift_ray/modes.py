@@ -1,7 +1,9 @@
 """The answer modes: the one definition the engine, CLI, eval, NIAH, Serve and UI import.
 
 A mode says two things: whether the document's adapter is used, and which view of the document
-(if any) goes into the prompt. No torch here, so config and the shells import it cheaply.
+(if any) goes into the prompt: the paper's head…tail view (``icl``), or the chunks retrieval picks
+for the question (``rag``, see :mod:`lift_ray.retrieval`). No torch here, so config and the shells
+import it cheaply.
 """
 
 from __future__ import annotations
@@ -9,17 +11,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal, get_args
 
-Mode = Literal["icl", "lift", "lift+icl"]
+Mode = Literal["icl", "lift", "lift+icl", "rag", "lift+rag"]
 MODES: tuple[str, ...] = get_args(Mode)
 DEFAULT_MODE = "lift+icl"
 # The order comparisons are shown in (NIAH panels, the UI): the baseline, the paper's setting, memory alone.
 COMPARE_MODES: tuple[str, ...] = ("icl", "lift+icl", "lift")
-MODE_TITLES = {"icl": "ICL", "lift": "LIFT", "lift+icl": "LIFT+ICL"}
+MODE_TITLES = {"icl": "ICL", "lift": "LIFT", "lift+icl": "LIFT+ICL", "rag": "RAG", "lift+rag": "LIFT+RAG"}
 MODE_HELP = {
     "icl": "base model + the document's head…tail view",
     "lift": "the document's adapter, no document in the prompt",
     "lift+icl": "adapter + the head…tail view (the paper's main setting)",
+    "rag": "base model + the document's chunks retrieved for the question (BM25)",
+    "lift+rag": "adapter + the retrieved chunks",
 }
+HEAD_TAIL, RETRIEVED = "head_tail", "retrieved"
 
 
 class ModeError(ValueError):
@@ -51,4 +56,9 @@ def uses_adapter(mode: str) -> bool:
 
 def uses_document(mode: str) -> bool:
     """Whether the mode puts a view of the document into the prompt."""
-    return check_mode(mode) != "lift"
+    return view_of(mode) is not None
+
+
+def view_of(mode: str) -> str | None:
+    """Which view of the document the mode's prompt holds: HEAD_TAIL, RETRIEVED, or None."""
+    return {"lift": None, "rag": RETRIEVED, "lift+rag": RETRIEVED}.get(check_mode(mode), HEAD_TAIL)

@@ -112,6 +112,14 @@ class Sample:
         return sum(1 for x in self.labels if x != IGNORE_INDEX)
 
 
+def question_content(tokenizer, view: list[int], question: str, answer_prompt: str) -> list[int]:
+    """The user turn of a question asked over a view of the document: the view, a blank line, the
+    question in ``answer_prompt``'s wording. Training QA samples and answering both build it here,
+    so the format an adapter learnt is the format it is asked in."""
+    asked = tokenizer("\n\n" + answer_prompt.format(question=question.strip()), add_special_tokens=False)["input_ids"]
+    return [*view, *asked]
+
+
 def build_prompt_ids(fmt: ChatFormat, user_content: list[int]) -> list[int]:
     """A full generation prompt: chat wrapper around the user content, ready for the reply."""
     return [*fmt.user_start, *user_content, *fmt.reply_start]

@@ -6,6 +6,8 @@ Layout under the root::
     docs/<doc_id>/adapters/<variant>/<weights>     safetensors (+ kind config, e.g. peft's files)
     docs/<doc_id>/adapters/<variant>/manifest.json written last
     docs/<doc_id>/aux_qa/<generator key>.json      auxiliary QA pairs (a cache shared by all workers)
+    docs/<doc_id>/retrieval/<index key>/...        BM25 index of the document's chunks (rag modes);
+                                                   its chunks.json is written last
 
 An adapter is visible iff its ``manifest.json`` exists, and a document iff it has a visible
 adapter. Because the manifest is written last (and removed first on delete or retrain), a reader
@@ -32,6 +34,7 @@ from lift_ray.text import atomic_write
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DOCUMENT = "document.txt"
+RETRIEVAL_MARKER = "chunks.json"  # lift_ray.retrieval.CHUNKS_FILE: written last
 _DOC_ID = re.compile(r"^[0-9a-f]{32}$")
 _VARIANT = re.compile(r"^[a-z][a-z0-9_]*-[0-9a-f]{12}$")
 _CACHE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -297,7 +300,33 @@ class AdapterStore:
             raise StoreError(f"invalid auxiliary QA key {key!r}")
         return f"{self._doc_dir(doc_id)}/aux_qa/{key}.json"
 
+    def retrieval_index(self, doc_id: str, key: str) -> dict[str, bytes] | None:
+        """The files of a document's retrieval index (:mod:`lift_ray.retrieval`), or None if not built yet."""
+        base = self._retrieval_dir(doc_id, key)
+        if not self.fs.exists(f"{base}/{RETRIEVAL_MARKER}"):
+            return None
+        files = {}
+        for path in self.fs.ls(base, detail=False):
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            if _CACHE_KEY.match(name):
+                with self.fs.open(f"{base}/{name}", "rb") as fh:
+                    files[name] = fh.read()
+        return files
+
+    def _retrieval_dir(self, doc_id: str, key: str) -> str:
+        if not _CACHE_KEY.match(key):
+            raise StoreError(f"invalid retrieval index key {key!r}")
+        return f"{self._doc_dir(doc_id)}/retrieval/{key}"
+
     # --- writes --------------------------------------------------------------------------------
+    def put_retrieval_index(self, doc_id: str, key: str, files: dict[str, bytes]) -> None:
+        """Keep a document's retrieval index beside it; the marker file goes last, so readers never see part of one."""
+        if RETRIEVAL_MARKER not in files or not all(_CACHE_KEY.match(name) for name in files):
+            raise StoreError(f"a retrieval index needs {RETRIEVAL_MARKER} and plain file names, got {sorted(files)}")
+        base = self._retrieval_dir(doc_id, key)
+        for name, data in sorted(files.items(), key=lambda item: item[0] == RETRIEVAL_MARKER):
+            self._write_bytes(f"{base}/{name}", data)
+
     def put_aux_qa(self, doc_id: str, key: str, payload: str) -> None:
         """Keep a document's auxiliary QA report (written before training; invisible until a manifest exists)."""
         self._write_bytes(self._aux_qa_path(doc_id, key), payload.encode("utf-8"))

@@ -24,6 +24,19 @@ from lift_ray.segments import PackedBatch, Sample, group_for_packing, pack_share
 from lift_ray.store import TrainMetrics
 
 
+def _set_checkpointing(module: torch.nn.Module, on: bool) -> None:
+    """Activation checkpointing on or off; transformers 5 renamed it (the gradient_* names warn)."""
+    if hasattr(module, "activation_checkpointing_enable"):
+        if on:
+            module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            module.activation_checkpointing_disable()
+    elif on:
+        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        module.gradient_checkpointing_disable()
+
+
 def packed_loss(module: torch.nn.Module, batch: PackedBatch) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy over the target tokens of a packed batch, and their count."""
     # Logits only where a target is predicted (a shared prefix position may serve several branches).
@@ -72,7 +85,7 @@ def train_adapter(
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
     if cfg.gradient_checkpointing:
-        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _set_checkpointing(module, True)
     module.train()
     plans = []
     for _ in range(cfg.epochs):
@@ -109,7 +122,7 @@ def train_adapter(
         bar.close()
         module.eval()
         if cfg.gradient_checkpointing:
-            module.gradient_checkpointing_disable()
+            _set_checkpointing(module, False)
         optimizer.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - start
     return TrainMetrics(

@@ -346,8 +346,9 @@ def test_qa_samples_match_the_icl_prompt_and_pack_exactly(tiny_loaded):
     view = truncate_middle(doc_ids, window, tok(seg.mixin, add_special_tokens=False)["input_ids"])
     for pair, s in zip(pairs, samples):
         prompt = build_question_prompt(
-            fmt=fmt, tokenizer=tok, question=pair.question, mode="icl", doc_ids=doc_ids, context_window=window,
-            answer_prompt=inf.answer_prompt, lift_prompt=inf.lift_prompt, mixin=seg.mixin,
+            fmt=fmt, tokenizer=tok, question=pair.question, mode="icl",
+            view=truncate_middle(doc_ids, window, tok(seg.mixin, add_special_tokens=False)["input_ids"]),
+            answer_prompt=inf.answer_prompt, lift_prompt=inf.lift_prompt,
         )
         target = tok(pair.answer, add_special_tokens=False)["input_ids"] + list(fmt.reply_end)
         assert s.kind == "qa"

@@ -4,6 +4,8 @@ the tiny model (summary + per-question JSONL, resume)."""
 
 import json
 
+from lift_ray.modes import MODES
+
 import pytest
 
 from conftest import chat_endpoint, make_tokenizer
@@ -312,9 +314,9 @@ def test_eval_end_to_end_then_resume(capsys, monkeypatch, tmp_path, tiny_model_d
     code, stdout, err = _run(capsys, *argv)
     assert code == 0, err
     rows = _rows(out)
-    assert len(rows) == 3 * 3  # 3 questions x 3 modes
+    assert len(rows) == 3 * len(MODES)  # 3 questions x every mode (the default)
     assert {(r["doc"], r["q_index"], r["mode"]) for r in rows} == {
-        (d, i, m) for d, n in (("quillon", 2), ("marlowe", 1)) for i in range(n) for m in ("icl", "lift", "lift+icl")
+        (d, i, m) for d, n in (("quillon", 2), ("marlowe", 1)) for i in range(n) for m in MODES
     }
     for r in rows:
         assert set(r) >= {"prediction", "answers", "em", "f1", "rouge_l", "contains", "where", "doc_id", "seconds"}
@@ -325,7 +327,7 @@ def test_eval_end_to_end_then_resume(capsys, monkeypatch, tmp_path, tiny_model_d
     summary = json.loads((out / "summary.json").read_text())
     assert summary["documents"] == 2 and summary["questions"] == 3 and summary["absorbed"] == 2
     assert [(r["mode"], r["where"], r["questions"]) for r in summary["table"]] == [
-        (m, w, n) for m in ("icl", "lift", "lift+icl") for w, n in (("all", 3), ("beyond", 1), ("inside", 2))
+        (m, w, n) for m in MODES for w, n in (("all", 3), ("beyond", 1), ("inside", 2))
     ]
     md = (out / "summary.md").read_text()
     assert "| lift+icl | beyond the window | 1 |" in md and "ROUGE-L" in md and md in stdout + "\n"
@@ -349,7 +351,7 @@ def test_eval_end_to_end_then_resume(capsys, monkeypatch, tmp_path, tiny_model_d
     assert code == 0, err
     assert absorbed == [LONG_B]
     redone = _rows(out)
-    assert len(redone) == 9 and redone[:-1] == kept and redone[-1]["mode"] == "lift+icl" and redone[-1]["doc"] == "marlowe"
+    assert len(redone) == 3 * len(MODES) and redone[:-1] == kept and redone[-1]["mode"] == "lift+icl" and redone[-1]["doc"] == "marlowe"
 
     # a last line cut just before its newline is whole: kept, and the next row starts on a new line
     (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in redone[:-2]) + json.dumps(redone[-2]))
@@ -386,7 +388,7 @@ def test_interrupted_absorb_keeps_its_record_and_resumes(capsys, monkeypatch, tm
     statuses = [json.loads(line)["status"] for line in (out / "absorb.jsonl").read_text().splitlines()]
     assert statuses == ["absorbed", "already_absorbed", "absorbed"]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["absorbed"] == 2 and summary["absorb_seconds"] > 0 and len(_rows(out)) == 9
+    assert summary["absorbed"] == 2 and summary["absorb_seconds"] > 0 and len(_rows(out)) == 3 * len(MODES)
 
 
 def test_workers_absorb_through_bulk_and_answer_here(capsys, monkeypatch, tmp_path, tiny_model_dir, eval_set):
@@ -422,7 +424,7 @@ def test_workers_absorb_through_bulk_and_answer_here(capsys, monkeypatch, tmp_pa
     (inputs, cfg), = calls
     assert [d.alias for d in inputs] == ["quillon", "marlowe"] and cfg.bulk.workers == 2
     assert cfg.store.uri == str(store) and cfg.segments.context_window == 48
-    assert len(_rows(out)) == 9 and {r["mode"] for r in _rows(out)} == {"icl", "lift", "lift+icl"}
+    assert len(_rows(out)) == 3 * len(MODES) and {r["mode"] for r in _rows(out)} == set(MODES)
     assert json.loads((out / "summary.json").read_text())["absorbed"] == 2
 
     def failing_run_bulk(inputs, cfg, **kwargs):
@@ -468,7 +470,7 @@ def test_llm_judge_through_an_openai_compatible_endpoint(capsys, tmp_path, tiny_
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--modes", "icl,recite"], "unknown mode(s) 'recite'"),
+        (["--modes", "icl,recite"], "unknown mode 'recite'"),
         (["--columns", "text"], "expected ROLE=COLUMN"),
         (["--judge-model", "x"], "--judge-endpoint and --judge-model go together"),
         (["--columns", "text=article"], "no text column 'article'"),

@@ -29,17 +29,17 @@ def test_prompts_per_mode(tiny_loaded):
     tok = tiny_loaded.tokenizer
     fmt = chat_format(tok)
     doc_ids = tok(LONG_TEXT, add_special_tokens=False)["input_ids"]
-    common = dict(fmt=fmt, tokenizer=tok, question="Who?", doc_ids=doc_ids, context_window=40,
-                  answer_prompt="Context Q: {question}", lift_prompt="Memory Q: {question}", mixin=" ... ")
+    view = truncate_middle(doc_ids, 40, tok(" ... ", add_special_tokens=False)["input_ids"])
+    common = dict(fmt=fmt, tokenizer=tok, question="Who?", view=view,
+                  answer_prompt="Context Q: {question}", lift_prompt="Memory Q: {question}")
     icl = build_question_prompt(mode="icl", **common)
     lift = build_question_prompt(mode="lift", **common)
-    view = truncate_middle(doc_ids, 40, tok(" ... ", add_special_tokens=False)["input_ids"])
     assert icl[len(fmt.user_start): len(fmt.user_start) + len(view)] == view
     assert build_question_prompt(mode="lift+icl", **common) == icl
     assert "Memory Q: Who?" in tok.decode(lift) and "Sentence number" not in tok.decode(lift)
     assert len(icl) == len(fmt.user_start) + 40 + len(tok("\n\nContext Q: Who?", add_special_tokens=False)["input_ids"]) + len(fmt.reply_start)
     with pytest.raises(QuestionError, match="unknown mode"):
-        build_question_prompt(mode="rag", **common)
+        build_question_prompt(mode="rag+icl", **common)
     with pytest.raises(QuestionError, match="empty"):
         build_question_prompt(mode="lift", **{**common, "question": "  "})
 
@@ -47,11 +47,12 @@ def test_prompts_per_mode(tiny_loaded):
 def test_modes_answer_and_base_is_restored(engine, absorbed):
     base_model = engine.loaded.model
     base = _logits(base_model)
-    for mode in ("icl", "lift", "lift+icl", "icl"):
+    for mode in ("icl", "lift", "lift+icl", "rag", "lift+rag", "icl"):
         ans = engine.answer("Who keeps a tortoise?", absorbed.doc_id, mode)
         assert ans.mode == mode and ans.doc_id == absorbed.doc_id
         assert 0 < ans.new_tokens <= engine.config.inference.max_new_tokens
-        assert ans.variant == (None if mode == "icl" else absorbed.variant)
+        assert ans.variant == (absorbed.variant if mode.startswith("lift") else None)
+        assert ans.view == {"lift": None, "rag": "retrieved", "lift+rag": "retrieved"}.get(mode, "head_tail")
     assert engine._attached == (absorbed.doc_id, absorbed.variant)  # kept for the next question
     engine.detach()
     assert engine.loaded.model is base_model  # never reloaded

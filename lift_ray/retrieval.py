@@ -1,0 +1,206 @@
+"""The retrieval view: the document's most relevant chunks in the W-token window (modes rag, lift+rag).
+
+What a user would reach for instead of LIFT is retrieval, and the two compose: the adapter holds
+the document's global knowledge, the window holds the passages a question points at. The document
+is cut into overlapping token chunks (ends snapped back to a sentence end where one is near),
+indexed with BM25 (``bm25s``, English stopwords, Snowball stemming) once per document at absorb
+time, and kept in the store beside the document. For a question, the best-scoring chunks that fit
+the window are placed in document order, joined by the mixin where they are not contiguous;
+optionally a share of W keeps the head…tail view's head and tail around them.
+
+A question that shares no indexed word with the document gets the head…tail view instead (and the
+answer says so), never an empty window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import tempfile
+from pathlib import Path
+
+from lift_ray.store import RETRIEVAL_MARKER as CHUNKS_FILE  # the file the store writes last
+
+INDEX_VERSION = 1
+_SENTENCE_END = re.compile(r"[.!?:;][\"'”’)\]]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievedView:
+    """Token ids of one question's view, and how it was made."""
+
+    ids: list[int]
+    kind: str  # "retrieved", or "head_tail" when no chunk matched the question
+    chunks: tuple[tuple[int, int], ...] = ()  # token spans placed in the window, in document order
+
+
+def index_key(model_id: str, chunk_tokens: int, overlap_tokens: int) -> str:
+    """Store key of an index: token spans depend on the tokenizer and the chunking settings."""
+    payload = json.dumps([INDEX_VERSION, model_id, chunk_tokens, overlap_tokens])
+    return f"bm25-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
+
+
+def sentence_ends(text: str, offsets: list[tuple[int, int]]) -> list[bool]:
+    """For each token, whether a sentence (or a line) ends with it."""
+    ends = []
+    for i, (start, end) in enumerate(offsets):
+        following = offsets[i + 1][0] if i + 1 < len(offsets) else len(text)
+        ends.append(bool(_SENTENCE_END.search(text[start:end].rstrip())) or "\n" in text[end : following + 1])
+    return ends
+
+
+def chunk_spans(n_tokens: int, chunk_tokens: int, overlap_tokens: int, ends: list[bool] | None = None) -> list[tuple[int, int]]:
+    """Overlapping ``[start, end)`` token spans covering ``range(n_tokens)``.
+
+    Each chunk holds at most ``chunk_tokens``; its end moves back to the last sentence end in its
+    second half when there is one, and the next chunk starts ``overlap_tokens`` before that end.
+    """
+    if chunk_tokens <= overlap_tokens:
+        raise ValueError(f"chunk_tokens ({chunk_tokens}) must exceed overlap_tokens ({overlap_tokens})")
+    spans: list[tuple[int, int]] = []
+    start = 0
+    while start < n_tokens:
+        end = min(start + chunk_tokens, n_tokens)
+        if end < n_tokens and ends is not None:
+            floor = start + max(chunk_tokens // 2, overlap_tokens + 1)
+            for cut in range(end, floor, -1):
+                if ends[cut - 1]:
+                    end = cut
+                    break
+        spans.append((start, end))
+        if end >= n_tokens:
+            break
+        start = end - overlap_tokens
+    return spans
+
+
+def _bm25_tokens(texts: list[str]) -> list[list[str]]:
+    import bm25s
+    import Stemmer
+
+    return bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=False, show_progress=False)
+
+
+class RetrievalIndex:
+    """BM25 over a document's chunks.
+
+    Args:
+        spans: the chunks' token spans in the document.
+        bm25: a ``bm25s.BM25`` indexed on the chunk texts in the same order.
+    """
+
+    def __init__(self, spans: list[tuple[int, int]], bm25):
+        self.spans = spans
+        self.bm25 = bm25
+
+    @classmethod
+    def build(cls, text: str, tokenizer, chunk_tokens: int, overlap_tokens: int) -> "RetrievalIndex":
+        """Chunk and index one document (its text in normal form, tokenised as the engine does)."""
+        import bm25s
+
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = [tuple(o) for o in enc["offset_mapping"]]
+        spans = chunk_spans(len(offsets), chunk_tokens, overlap_tokens, sentence_ends(text, offsets))
+        texts = [text[offsets[s][0] : offsets[e - 1][1]] for s, e in spans]
+        bm25 = bm25s.BM25()
+        bm25.index(_bm25_tokens(texts), show_progress=False)
+        return cls(spans, bm25)
+
+    def scores(self, question: str) -> list[float]:
+        """BM25 score of every chunk for ``question`` (words the document lacks score nothing)."""
+        vocab = self.bm25.vocab_dict
+        words = [w for w in _bm25_tokens([question])[0] if w in vocab]
+        if not words:
+            return [0.0] * len(self.spans)
+        return [float(x) for x in self.bm25.get_scores(words)]
+
+    # --- files (kept in the store beside the document) -----------------------------------------
+    def to_files(self) -> dict[str, bytes]:
+        with tempfile.TemporaryDirectory(prefix="lift-ray-bm25-") as tmp:
+            self.bm25.save(tmp, show_progress=False)
+            files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+        files[CHUNKS_FILE] = json.dumps({"version": INDEX_VERSION, "spans": self.spans}).encode()
+        return files
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> "RetrievalIndex":
+        import bm25s
+
+        meta = json.loads(files[CHUNKS_FILE])
+        if meta.get("version") != INDEX_VERSION:
+            raise ValueError(f"retrieval index version {meta.get('version')!r} (expected {INDEX_VERSION})")
+        with tempfile.TemporaryDirectory(prefix="lift-ray-bm25-") as tmp:
+            for name, data in files.items():
+                (Path(tmp) / name).write_bytes(data)
+            bm25 = bm25s.BM25.load(tmp)
+        return cls([tuple(s) for s in meta["spans"]], bm25)
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _assemble(doc_tokens: list[int], spans: list[tuple[int, int]], mixin_ids: list[int]) -> list[int]:
+    """Spans in document order, a mixin wherever text was left out (before, between, after)."""
+    out: list[int] = []
+    at = 0
+    for start, end in spans:
+        if start > at:
+            out += mixin_ids
+        out += doc_tokens[start:end]
+        at = end
+    if at < len(doc_tokens):
+        out += mixin_ids
+    return out
+
+
+def retrieved_view(
+    index: RetrievalIndex,
+    doc_tokens: list[int],
+    question: str,
+    window: int,
+    mixin_ids: list[int],
+    head_tail_share: float = 0.0,
+) -> RetrievedView:
+    """The question's view: the best chunks that fit ``window`` tokens, in document order.
+
+    Args:
+        index: the document's chunks and BM25 index.
+        doc_tokens: the document's token ids (the spans index into them).
+        question: what is asked.
+        window: W, the view's token budget (the result never exceeds it).
+        mixin_ids: tokens that mark left-out text.
+        head_tail_share: fraction of W kept for the document's head and tail around the chunks.
+
+    Returns:
+        The view; ``kind`` is "head_tail" (the plain truncated view) when no chunk shares a word
+        with the question, or when the whole document fits the window.
+    """
+    from lift_ray.segments import truncate_middle
+
+    if len(doc_tokens) <= window:
+        return RetrievedView(list(doc_tokens), "head_tail", ((0, len(doc_tokens)),))
+    scores = index.scores(question)
+    ranked = [i for i in sorted(range(len(scores)), key=lambda i: (-scores[i], i)) if scores[i] > 0]
+    if not ranked:
+        return RetrievedView(truncate_middle(doc_tokens, window, mixin_ids), "head_tail")
+    edge = int(window * head_tail_share) // 2
+    chosen: list[tuple[int, int]] = [(0, edge), (len(doc_tokens) - edge, len(doc_tokens))] if edge else []
+    for i in ranked:
+        trial = _merge([*chosen, index.spans[i]])
+        if len(_assemble(doc_tokens, trial, mixin_ids)) <= window:
+            chosen = trial
+    spans = _merge(chosen)
+    ids = _assemble(doc_tokens, spans, mixin_ids)
+    if not any(index.spans[i][0] >= s and index.spans[i][1] <= e for i in ranked for s, e in spans):
+        # not even the best chunk fits beside the head and tail: the plain view, said as such
+        return RetrievedView(truncate_middle(doc_tokens, window, mixin_ids), "head_tail")
+    return RetrievedView(ids, "retrieved", tuple(s for s in spans if s[1] > s[0]))

@@ -1,0 +1,170 @@
+"""The retrieval view (modes rag, lift+rag): chunking, ranking, the W budget, the store, the engine."""
+
+import random
+
+import pytest
+
+from lift_ray.config import ConfigError, build_config
+from lift_ray.infer import LiftEngine
+from lift_ray.retrieval import RetrievalIndex, chunk_spans, index_key, retrieved_view, sentence_ends
+from lift_ray.store import AdapterStore, RETRIEVAL_MARKER
+from lift_ray.text import normalize_text
+
+FILLER = [
+    "The harbour was quiet that morning and the boats rocked slowly.",
+    "Gulls circled over the market where fishermen sold their catch.",
+    "A cold wind came down from the hills behind the old town.",
+    "Children ran along the sea wall before the school bell rang.",
+    "The baker opened his shutters and the smell of bread filled the lane.",
+]
+
+
+def _document(n: int = 40, planted: str = "The vault code of the lighthouse is Zanthoric.", at: int = 20) -> str:
+    rng = random.Random(7)
+    sentences = [rng.choice(FILLER) for _ in range(n)]
+    sentences.insert(at, planted)
+    return normalize_text(" ".join(sentences))
+
+
+def _index(tok, text, chunk=24, overlap=8):
+    return RetrievalIndex.build(text, tok, chunk, overlap)
+
+
+def _mixin(tok):
+    return tok(" ... ", add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("n, chunk, overlap", [(1, 8, 0), (7, 8, 2), (100, 24, 8), (101, 48, 16), (48, 48, 16)])
+def test_chunks_cover_every_token_with_the_overlap_and_size_asked(n, chunk, overlap):
+    ends = [i % 9 == 8 for i in range(n)]  # a "sentence" ends every 9 tokens
+    for spans in (chunk_spans(n, chunk, overlap), chunk_spans(n, chunk, overlap, ends)):
+        covered = set()
+        for start, end in spans:
+            assert 0 <= start < end <= n and end - start <= chunk
+            covered |= set(range(start, end))
+        assert covered == set(range(n))
+        assert spans[0][0] == 0 and spans[-1][1] == n
+        for (s0, e0), (s1, _) in zip(spans, spans[1:]):
+            assert s1 == e0 - overlap  # consecutive chunks share exactly `overlap` tokens
+    with pytest.raises(ValueError):
+        chunk_spans(10, 8, 8)
+
+
+def test_chunks_end_at_sentence_ends_when_one_is_near(tiny_loaded):
+    tok = tiny_loaded.tokenizer
+    text = _document(12)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    ends = sentence_ends(text, offsets)
+    longest = max(len(tok(s, add_special_tokens=False)["input_ids"]) for s in FILLER) + 2
+    spans = chunk_spans(len(offsets), 2 * longest + 2, 8, ends)  # each second half holds a sentence end
+    inner = [end for _, end in spans[:-1]]
+    assert inner and all(text[offsets[end - 1][0]:offsets[end - 1][1]].rstrip().endswith(".") for end in inner)
+
+
+def test_the_chunk_holding_a_planted_rare_word_ranks_first(tiny_loaded):
+    tok = tiny_loaded.tokenizer
+    text = _document()
+    index = _index(tok, text)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    scores = index.scores("What is the code of the vault? Zanthoric?")
+    best = max(range(len(scores)), key=scores.__getitem__)
+    start, end = index.spans[best]
+    assert "Zanthoric" in tok.decode(ids[start:end])
+    assert index.scores("Zanthoric") == pytest.approx([s if "Zanthoric" in tok.decode(ids[a:b]) else 0.0
+                                                       for s, (a, b) in zip(index.scores("Zanthoric"), index.spans)])
+
+
+def test_the_view_never_exceeds_the_window_and_keeps_document_order(tiny_loaded):
+    tok = tiny_loaded.tokenizer
+    text = _document(60)
+    doc = tok(text, add_special_tokens=False)["input_ids"]
+    index = _index(tok, text)
+    mixin = _mixin(tok)
+    questions = ["Zanthoric vault code?", "Who sold their catch at the market?", "bread baker shutters", "wind hills town"]
+    for window in (16, 24, 40, 64, 128, 300):
+        for share in (0.0, 0.25, 0.5):
+            for q in questions:
+                view = retrieved_view(index, doc, q, window, mixin, share)
+                assert len(view.ids) <= window, (window, share, q)
+                starts = [s for s, _ in view.chunks]
+                assert starts == sorted(starts)
+                if view.kind == "retrieved":
+                    for s, e in view.chunks:  # every placed span is the document's own tokens
+                        assert any(view.ids[i:i + e - s] == doc[s:e] for i in range(len(view.ids)))
+
+
+def test_no_shared_word_falls_back_to_the_head_tail_view(tiny_loaded):
+    from lift_ray.segments import truncate_middle
+
+    tok = tiny_loaded.tokenizer
+    text = _document()
+    doc = tok(text, add_special_tokens=False)["input_ids"]
+    view = retrieved_view(_index(tok, text), doc, "Quixotic xylophones?", 64, _mixin(tok))
+    assert view.kind == "head_tail" and view.ids == truncate_middle(doc, 64, _mixin(tok))
+
+
+def test_index_round_trips_through_files(tiny_loaded):
+    tok = tiny_loaded.tokenizer
+    text = _document()
+    index = _index(tok, text)
+    again = RetrievalIndex.from_files(index.to_files())
+    assert again.spans == index.spans
+    assert again.scores("vault Zanthoric harbour") == index.scores("vault Zanthoric harbour")
+
+
+def test_config_refuses_an_overlap_as_large_as_the_chunk():
+    with pytest.raises(ConfigError, match="retrieval.overlap_tokens"):
+        build_config(None, {"retrieval": {"chunk_tokens": 16, "overlap_tokens": 16}})
+
+
+@pytest.fixture
+def engine(tiny_loaded, tiny_config):
+    cfg = tiny_config.model_copy(update={"retrieval": tiny_config.retrieval.model_copy(update={"chunk_tokens": 24, "overlap_tokens": 8})})
+    return LiftEngine(tiny_loaded, cfg, AdapterStore(tiny_config.store.uri))
+
+
+def test_rag_puts_the_middle_chunk_holding_the_answer_in_the_prompt(engine):
+    tok = engine.loaded.tokenizer
+    text = _document(40, at=20)
+    doc = tok(text, add_special_tokens=False)["input_ids"]
+    window = engine.config.segments.context_window
+    planted = tok.decode(doc).find("Zanthoric")
+    assert 0.3 < planted / len(tok.decode(doc)) < 0.7  # the answer lies in the middle, outside head…tail
+    prompts = {}
+    for mode in ("icl", "rag"):
+        p = engine._prepare("What is the vault code of the lighthouse?", text, mode, None, window)
+        prompts[mode] = tok.decode(p.prompt)
+        assert p.view == ("head_tail" if mode == "icl" else "retrieved")
+    assert "Zanthoric" in prompts["rag"] and "Zanthoric" not in prompts["icl"]
+    ans = engine.answer("What is the vault code of the lighthouse?", text, "rag")
+    assert ans.view == "retrieved" and ans.variant is None and ans.prompt_tokens <= window + engine.config.inference.question_reserve
+    fallback = engine.answer("Quixotic xylophones?", text, "rag")
+    assert fallback.view == "head_tail"
+
+
+def test_absorb_stores_the_index_and_an_old_document_gets_one_on_first_use(engine):
+    text = _document(30)
+    result = engine.absorb(text, progress=False)
+    r = engine.config.retrieval
+    key = index_key(engine.loaded.model_id, r.chunk_tokens, r.overlap_tokens)
+    files = engine.store.retrieval_index(result.doc_id, key)
+    assert files is not None and RETRIEVAL_MARKER in files
+    # a document absorbed before retrieval existed: its index is built on first use and stored
+    base = engine.store._retrieval_dir(result.doc_id, key)
+    engine.store.fs.rm(base, recursive=True)
+    assert engine.store.retrieval_index(result.doc_id, key) is None
+    engine._indexes.clear()
+    ans = engine.answer("What is the vault code?", result.doc_id, "lift+rag")
+    assert ans.view == "retrieved" and ans.variant == result.variant
+    assert engine.store.retrieval_index(result.doc_id, key) is not None
+    # a later engine (another replica) reads it instead of building it
+    other = LiftEngine(engine.loaded, engine.config, AdapterStore(engine.store.uri))
+    built = []
+    original = RetrievalIndex.build
+    RetrievalIndex.build = classmethod(lambda cls, *a, **k: built.append(1) or original.__func__(cls, *a, **k))
+    try:
+        other.answer("What is the vault code?", result.doc_id, "rag")
+    finally:
+        RetrievalIndex.build = original
+    assert built == []
