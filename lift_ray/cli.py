@@ -264,7 +264,7 @@ def cmd_bulk(args: argparse.Namespace) -> int:
 
 def cmd_niah(args: argparse.Namespace) -> int:
     """Needle in a haystack: lengths x depths grid, ICL vs LIFT+ICL vs LIFT; JSON, CSV and heatmap in --out."""
-    from lift_ray.aux_qa import OpenAIChatBackend
+    from lift_ray.evaluate.metrics import LLMJudge
     from lift_ray.infer import LiftEngine
     from lift_ray.model import check_model_spec
     from lift_ray.niah import (
@@ -283,7 +283,7 @@ def cmd_niah(args: argparse.Namespace) -> int:
         question = args.question
     else:
         needles, question = [Needle(DEFAULT_NEEDLE, DEFAULT_ANSWER)], DEFAULT_QUESTION
-    judge = OpenAIChatBackend(*endpoint) if (endpoint := _judge_endpoint(args)) else None
+    judge = LLMJudge(*endpoint) if (endpoint := _judge_endpoint(args)) else None
     settings = NiahSettings(needles, question, args.modes.split(","), judge.identity() if judge else None)
     store = _store(cfg, write=True)
     haystack = load_haystack(args.haystack)

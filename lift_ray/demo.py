@@ -17,6 +17,8 @@ from importlib import resources
 
 import torch
 
+from lift_ray.evaluate.metrics import is_correct  # noqa: F401  (the fact tests import it from here too)
+
 
 def sample_document() -> str:
     return resources.files("lift_ray.data").joinpath("sample_document.txt").read_text(encoding="utf-8")
@@ -25,12 +27,6 @@ def sample_document() -> str:
 def sample_questions() -> list[dict]:
     raw = resources.files("lift_ray.data").joinpath("sample_questions.jsonl").read_text(encoding="utf-8")
     return [json.loads(line) for line in raw.splitlines() if line.strip()]
-
-
-def is_correct(answer: str, keywords: list[str]) -> bool:
-    """Keyword recall: any expected keyword appears in the answer (case-insensitive)."""
-    low = answer.lower()
-    return any(k.lower() in low for k in keywords)
 
 
 def main(argv: list[str] | None = None) -> int:

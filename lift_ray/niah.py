@@ -36,7 +36,7 @@ from pathlib import Path
 
 from lift_ray.aux_qa import split_paragraphs
 from lift_ray.config import cache_dir
-from lift_ray.demo import is_correct
+from lift_ray.evaluate.metrics import is_correct, normalize_answer
 from lift_ray.modes import COMPARE_MODES, MODE_TITLES, ModeError, parse_modes
 from lift_ray.segments import truncate_middle
 from lift_ray.text import atomic_write, normalize_text
@@ -369,40 +369,11 @@ def mark_window(cell: CellDocument, context_window: int, mixin_tokens: int) -> N
 # --- scoring ----------------------------------------------------------------------------------
 
 
-def _normalize_answer(text: str) -> str:
-    """SQuAD-style: lower case, no punctuation, no articles, single spaces."""
-    text = re.sub(r"[^\w\s]", " ", text.lower())
-    return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
-
-
-def score_answer(answer: str, needles: Sequence[Needle]) -> dict:
+def score_needles(answer: str, needles: Sequence[Needle]) -> dict:
     """``keyword``: share of needles whose keywords appear in the answer; ``exact``: the answer is the expected one."""
     hits = sum(is_correct(answer, list(n.keywords)) for n in needles)
-    expected = _normalize_answer(" ".join(n.answer for n in needles))
-    return {"keyword": round(hits / len(needles), 4), "exact": _normalize_answer(answer) == expected}
-
-
-JUDGE_SYSTEM = "You grade answers. You reply with one whole number from 1 to 10 and nothing else."
-JUDGE_PROMPT = (
-    "Question: {question}\nReference answer: {reference}\nAnswer to grade: {answer}\n\n"
-    "Score the answer from 1 to 10 by how well it states the reference answer: 1 = wrong or unrelated, "
-    "3 = mentions something related but misses the fact, 5 = partly right, 7 = right with errors or padding, "
-    "10 = exactly right and concise. Reply with the number only."
-)
-
-
-def judge_score(backend, question: str, reference: str, answer: str) -> int | None:
-    """1-10 from an LLM judge (a :class:`lift_ray.aux_qa.OpenAIChatBackend` or anything with ``complete``);
-    None when its reply holds no number in range."""
-    reply = backend.complete(
-        [
-            {"role": "system", "content": JUDGE_SYSTEM},
-            {"role": "user", "content": JUDGE_PROMPT.format(question=question, reference=reference, answer=answer)},
-        ],
-        max_tokens=8,
-    )
-    m = re.search(r"\b(10|[1-9])\b", reply)
-    return int(m.group(1)) if m else None
+    expected = normalize_answer(" ".join(n.answer for n in needles))
+    return {"keyword": round(hits / len(needles), 4), "exact": normalize_answer(answer) == expected}
 
 
 # --- running the grid -------------------------------------------------------------------------
@@ -526,10 +497,10 @@ def answer_cell(engine, cell: CellDocument, absorbed: dict, settings: NiahSettin
     answers = {}
     for mode in settings.modes:
         ans = engine.answer(settings.question, absorbed["doc_id"], mode)
-        scores = score_answer(ans.answer, settings.needles)
+        scores = score_needles(ans.answer, settings.needles)
         if judge is not None:
             reference = "; ".join(n.answer for n in settings.needles)
-            scores["judge"] = judge_score(judge, settings.question, reference, ans.answer)
+            scores["judge"] = judge.score(settings.question, [reference], ans.answer)
         answers[mode] = {"answer": ans.answer, "seconds": ans.seconds, **scores}
     return {
         "cell": cell.cell_id,
@@ -564,7 +535,7 @@ def run_grid(
         depths: needle depths in % (0-100).
         settings: needles, question, modes, judge identity.
         out: results directory; finished cells in it are not recomputed.
-        judge: an LLM judge backend (``complete(messages, max_tokens)``), or None.
+        judge: an :class:`lift_ray.evaluate.metrics.LLMJudge`, or None.
         ray_address: the Ray cluster for ``bulk.workers`` > 1 (default: $RAY_ADDRESS or a local Ray).
 
     Raises:

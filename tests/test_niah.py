@@ -17,6 +17,7 @@ import torch
 from conftest import chat_endpoint
 from lift_ray.aux_qa import split_paragraphs
 from lift_ray.cli import main
+from lift_ray.evaluate.metrics import LLMJudge
 from lift_ray.infer import LiftEngine
 from lift_ray.niah import (
     Haystack,
@@ -25,14 +26,13 @@ from lift_ray.niah import (
     NiahSettings,
     build_document,
     clean_essay,
-    judge_score,
     load_haystack,
     needle_depths,
     parse_depths,
     parse_lengths,
     paul_graham_essays,
     run_grid,
-    score_answer,
+    score_needles,
 )
 from lift_ray.store import AdapterStore
 
@@ -187,12 +187,12 @@ def test_a_user_haystack_file(tmp_path):
 
 
 def test_scores_of_known_answers():
-    assert score_answer("Cardamom.", [NEEDLE]) == {"keyword": 1.0, "exact": True}
-    assert score_answer("The secret ingredient is CARDAMOM", [NEEDLE]) == {"keyword": 1.0, "exact": False}
-    assert score_answer("Cumin, I think.", [NEEDLE]) == {"keyword": 0.0, "exact": False}
+    assert score_needles("Cardamom.", [NEEDLE]) == {"keyword": 1.0, "exact": True}
+    assert score_needles("The secret ingredient is CARDAMOM", [NEEDLE]) == {"keyword": 1.0, "exact": False}
+    assert score_needles("Cumin, I think.", [NEEDLE]) == {"keyword": 0.0, "exact": False}
     two = [NEEDLE, Needle("Marlowe's bread needs rye flour.", "rye flour", ("rye",))]
-    assert score_answer("cardamom and wheat", two) == {"keyword": 0.5, "exact": False}
-    assert score_answer("Cardamom, rye flour", two)["keyword"] == 1.0
+    assert score_needles("cardamom and wheat", two) == {"keyword": 0.5, "exact": False}
+    assert score_needles("Cardamom, rye flour", two)["keyword"] == 1.0
 
 
 class _FakeJudge:
@@ -204,21 +204,23 @@ class _FakeJudge:
         return self.reply
 
 
+def judge_score(backend, question, reference, answer):
+    return LLMJudge.with_backend(backend).score(question, [reference], answer)
+
+
 def test_judge_reply_is_parsed_to_one_to_ten():
     judge = _FakeJudge("Score: 8")
     assert judge_score(judge, QUESTION, "cardamom", "Cardamom.") == 8
-    assert "Reference answer: cardamom" in judge.seen[0][1]["content"]
+    assert "Reference answer(s): cardamom" in judge.seen[0][1]["content"]
     assert judge_score(_FakeJudge("10"), QUESTION, "cardamom", "cardamom") == 10
     assert judge_score(_FakeJudge("I cannot grade this."), QUESTION, "cardamom", "x") is None
     assert judge_score(_FakeJudge("42"), QUESTION, "cardamom", "x") is None
 
 
 def test_judge_through_an_openai_compatible_endpoint():
-    from lift_ray.aux_qa import OpenAIChatBackend
-
     with chat_endpoint("7") as (url, requests):
-        backend = OpenAIChatBackend(url, "judge-model")
-        assert judge_score(backend, QUESTION, "cardamom", "It is cardamom.") == 7
+        judge = LLMJudge(url, "judge-model")
+        assert judge.score(QUESTION, ["cardamom"], "It is cardamom.") == 7
     body = requests[0]["body"]
     assert body["model"] == "judge-model" and "It is cardamom." in body["messages"][1]["content"]
 

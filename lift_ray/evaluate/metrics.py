@@ -66,6 +66,13 @@ def contains_answer(prediction: str, answers: list[str]) -> float:
     return float(any(normalize_answer(a) and f" {normalize_answer(a)} " in pred for a in answers))
 
 
+def is_correct(answer: str, keywords: list[str]) -> bool:
+    """Keyword recall: any expected keyword appears in the answer (case-insensitive substring);
+    the fact tests, the demo and NIAH's keyword score use it."""
+    low = answer.lower()
+    return any(k.lower() in low for k in keywords)
+
+
 def score_answer(prediction: str, answers: list[str]) -> dict[str, float]:
     """All reference-based metrics of one prediction."""
     return {
@@ -103,6 +110,13 @@ class LLMJudge:
         from lift_ray.aux_qa import OpenAIChatBackend
 
         self.backend = OpenAIChatBackend(endpoint, model, api_key=api_key)
+
+    @classmethod
+    def with_backend(cls, backend) -> "LLMJudge":
+        """A judge over any chat backend (anything with ``complete(messages, max_tokens)`` and ``identity()``)."""
+        judge = cls.__new__(cls)
+        judge.backend = backend
+        return judge
 
     def identity(self) -> str:
         return self.backend.identity()
