@@ -84,11 +84,11 @@ def absorb_document(
         manifest = store.manifest(doc_id, variant)
         return AbsorbResult(doc_id, variant, "already_absorbed", manifest.num_tokens, store.uri, 0.0, manifest.training)
 
-    doc_ids = tok(text, add_special_tokens=False)["input_ids"]
+    doc_tokens = tok(text, add_special_tokens=False)["input_ids"]
     seg = cfg.segments
     fmt = chat_format(tok)
     samples, budgets = segment_samples(
-        doc_ids,
+        doc_tokens,
         fmt=fmt,
         tokenizer=tok,
         context_window=seg.context_window,
@@ -103,7 +103,7 @@ def absorb_document(
         pairs,
         fmt=fmt,
         tokenizer=tok,
-        doc_ids=doc_ids,
+        doc_ids=doc_tokens,
         context_window=seg.context_window,
         answer_prompt=cfg.inference.answer_prompt,
         mixin=seg.mixin,
@@ -111,7 +111,7 @@ def absorb_document(
     stages = training_stages(samples, qa, cfg)
     if progress:
         print(
-            f"lift-ray: absorbing {doc_id}: {len(doc_ids)} tokens -> {len(samples)} segments "
+            f"lift-ray: absorbing {doc_id}: {len(doc_tokens)} tokens -> {len(samples)} segments "
             f"(ℓ={budgets.segment_length}, stride={budgets.stride}, context={budgets.train_context}) + "
             f"{len(qa)} QA pairs, {cfg.adapter.kind} adapter, "
             + " then ".join(f"{epochs} epochs on {name}" for name, _, epochs in stages),
@@ -153,7 +153,7 @@ def absorb_document(
                     "model": cfg.model.model_dump(mode="json"),
                 },
                 context_window=seg.context_window,
-                num_tokens=len(doc_ids),
+                num_tokens=len(doc_tokens),
                 num_samples=len(samples) + len(qa),
                 num_qa_pairs=len(qa),
                 training=metrics,
@@ -166,7 +166,7 @@ def absorb_document(
             )
             if claim is not None and not claim(doc_id):
                 return AbsorbResult(
-                    doc_id, variant, "lease_lost", len(doc_ids), store.uri, round(time.perf_counter() - start, 3), metrics
+                    doc_id, variant, "lease_lost", len(doc_tokens), store.uri, round(time.perf_counter() - start, 3), metrics
                 )
             # The rag modes' index is built once here and kept beside the document for every reader.
             r = cfg.retrieval
@@ -176,7 +176,7 @@ def absorb_document(
     finally:
         loaded.model = handle.detach()
     return AbsorbResult(
-        doc_id, variant, "absorbed", len(doc_ids), store.uri, round(time.perf_counter() - start, 3), metrics, pairs
+        doc_id, variant, "absorbed", len(doc_tokens), store.uri, round(time.perf_counter() - start, 3), metrics, pairs
     )
 
 

@@ -183,7 +183,7 @@ class LiftEngine:
             self._attached = None
 
     # --- answering -----------------------------------------------------------------------------
-    def _document_ids(self, doc_id: str, text: str | None) -> list[int]:
+    def _document_tokens(self, doc_id: str, text: str | None) -> list[int]:
         """The document's token ids, kept for the last document: many questions, one read and tokenisation."""
         if self._doc_tokens is None or self._doc_tokens[0] != doc_id:
             text = text if text is not None else self.store.text(doc_id)
@@ -224,7 +224,7 @@ class LiftEngine:
         kind = view_of(mode)
         if kind is None:
             return None, None
-        doc_tokens = self._document_ids(doc_id, text)
+        doc_tokens = self._document_tokens(doc_id, text)
         mixin_ids = self.loaded.tokenizer(self.config.segments.mixin, add_special_tokens=False)["input_ids"]
         if kind == HEAD_TAIL:
             return truncate_middle(doc_tokens, window, mixin_ids), HEAD_TAIL

@@ -257,14 +257,34 @@ def test_parse_json_lines_is_lenient():
     assert parse_json_lines(out) == [{"question": "Q?", "answer": "A", "evidence": "E"}]
 
 
-def test_local_backend_plumbing(tiny_loaded, tmp_path):
-    """The tiny random Llama writes garbage: no pair survives, nothing crashes."""
-    backend = LocalChatBackend(tiny_loaded.model, tiny_loaded.tokenizer)
-    out = backend.complete([{"role": "user", "content": "Write a question."}], max_tokens=8)
-    assert isinstance(out, str)
+def test_local_backend_generates_greedily_and_the_llm_generator_asks_once_per_window(tiny_loaded, tmp_path):
+    """The local backend is the model's own greedy continuation of the chat-templated prompt; the
+    generator sends one request per window of sentences and keeps none of the tiny model's garbage."""
+    model, tok = tiny_loaded.model, tiny_loaded.tokenizer
+    backend = LocalChatBackend(model, tok)
+    messages = [{"role": "user", "content": "Write a question."}]
+    out = backend.complete(messages, max_tokens=8)
+    ids = tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        expected = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                  max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out == tok.decode(expected[0, len(ids):], skip_special_tokens=True)
+
+    calls = []
+
+    class Recording:
+        def identity(self):
+            return backend.identity()
+
+        def complete(self, msgs, max_tokens):
+            calls.append(msgs[-1]["content"])
+            return backend.complete(msgs, max_tokens)
+
     text = "\n\n".join(SAMPLE.split("\n\n")[3:5])
-    gen = LLMQAGenerator(backend, sentences_per_window=3, pairs_per_window=2, max_tokens=12)
+    n_sentences = len(split_sentences(text))
+    gen = LLMQAGenerator(Recording(), sentences_per_window=3, pairs_per_window=2, max_tokens=12)
     report = generate_report(text, "tiny", gen, cache_root=tmp_path)
+    assert len(calls) == -(-n_sentences // 3) and split_sentences(text)[0] in calls[0] and split_sentences(text)[-1] in calls[-1]
     assert report.pairs == [] and report.generator == "llm"
     assert report.settings["backend"].startswith("local:")
 
