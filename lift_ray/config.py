@@ -242,8 +242,8 @@ class InferenceConfig(_Base):
 class RetrievalConfig(_Base):
     """The retrieval view of modes rag and lift+rag (lift_ray.retrieval): BM25 over document chunks."""
 
-    chunk_tokens: int = Field(48, ge=8, description="Tokens per chunk; a chunk ends at a sentence end in its second half where there is one.")
-    overlap_tokens: int = Field(16, ge=0, description="Tokens shared by consecutive chunks.")
+    chunk_tokens: int = Field(32, ge=8, description="Tokens per chunk; a chunk ends at a sentence end in its second half where there is one.")
+    overlap_tokens: int = Field(8, ge=0, description="Tokens shared by consecutive chunks.")
     head_tail_share: float = Field(
         0.0, ge=0.0, lt=1.0,
         description="Share of W kept for the document's head and tail around the retrieved chunks (0: chunks only).",
