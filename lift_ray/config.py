@@ -122,7 +122,32 @@ class AuxQAConfig(_Base):
 class TrainConfig(_Base):
     """Optimisation of the adapter on the samples; the base model stays frozen."""
 
-    epochs: int | None = Field(None, ge=1, description="Passes over the samples. None: the profile's value.")
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many passes over the samples (without auxiliary QA; with it, the aux_qa "
+        "stage epochs). None: the profile's value.",
+    )
+    min_epochs: int | None = Field(
+        None, ge=1, description="Never stop before this many epochs (counted over the whole schedule). None: the profile's value."
+    )
+    early_stop: bool | None = Field(
+        None,
+        description="Stop when the document is known: after each epoch from min_epochs on, one teacher-forced "
+        "forward over the auxiliary QA pairs (no generation) checks which answers greedy decoding would "
+        "reproduce; training ends once that share reaches stop_accuracy. None: the profile's value.",
+    )
+    stop_accuracy: float | None = Field(
+        None, gt=0.0, le=1.0, description="Share of the QA pairs answered exactly that ends training (with early_stop). None: the profile's value."
+    )
+    lr_schedule: Literal["constant", "cosine"] | None = Field(
+        None, description="Learning rate over the schedule's maximum steps: constant, or cosine decay to 10%. None: the profile's value."
+    )
+    autocast: Literal["none", "bfloat16", "float16"] | None = Field(
+        None,
+        description="Mixed precision: run the forward and backward in this dtype over the model's weights "
+        "(bfloat16 pays off on CPUs with AVX512-BF16/AMX and on GPUs). None: the profile's choice for the device.",
+    )
     learning_rate: float | None = Field(None, gt=0, description="AdamW learning rate. None: the profile's value.")
     betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas (paper: 0.9, 0.98).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -335,6 +360,11 @@ PROFILES: dict[str, dict[str, Any]] = {
             "learning_rate": {"lora": 2e-4, "gated_memory": 1e-3},
             "samples_per_step": 1,
             "gradient_checkpointing": True,
+            "min_epochs": 3,
+            "early_stop": True,
+            "stop_accuracy": 0.9,
+            "lr_schedule": "constant",
+            "autocast": "none",
         },
         "adapter": {"r": 128, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
     },
@@ -347,6 +377,11 @@ PROFILES: dict[str, dict[str, Any]] = {
             "learning_rate": {"lora": 1e-3, "gated_memory": 1e-3},
             "samples_per_step": 4,
             "gradient_checkpointing": False,
+            "min_epochs": 4,
+            "early_stop": True,
+            "stop_accuracy": 0.9,
+            "lr_schedule": "constant",
+            "autocast": "none",
         },
         "adapter": {"r": 16, "target_modules": "all-linear"},
     },
