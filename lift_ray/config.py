@@ -158,6 +158,14 @@ class TrainConfig(_Base):
         description="Samples per optimiser update. Samples of one step share their context: it is computed "
         "once and each segment attends to it through a block mask. None: the profile's value.",
     )
+    step_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="Reply tokens per optimiser update (the shared context not counted): a step takes samples "
+        "sharing a context until this many; it replaces samples_per_step's count, so a step holds a few long "
+        "segments or many short QA answers. 0: count samples only. None: samples_per_step x (segment_length + 8), "
+        "as many tokens as samples_per_step segments.",
+    )
     gradient_checkpointing: bool | None = Field(None, description="Recompute activations in backward. None: the profile's value.")
     seed: int = Field(0, description="Seed for adapter initialisation and sample order.")
     shuffle: bool = Field(True, description="Shuffle the sample order every epoch (seeded).")
@@ -360,7 +368,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "learning_rate": {"lora": 2e-4, "gated_memory": 1e-3},
             "samples_per_step": 1,
             "gradient_checkpointing": True,
-            "min_epochs": 3,
+            "min_epochs": 4,  # stage 1 (3 epochs) + at least one with the QA pairs
             "early_stop": True,
             "stop_accuracy": 0.9,
             "lr_schedule": "constant",
@@ -371,13 +379,14 @@ PROFILES: dict[str, dict[str, Any]] = {
     "small": {
         "model": {"dtype": {"cpu": "float32", "cuda": "bfloat16"}, "load_in_4bit": False},
         "segments": {"segment_length_cap": 2048},
-        "aux_qa": {"generator": "rules", "stage1_epochs": 3, "stage2_epochs": 5},
+        # QA pairs from the first epoch (as LIFT v4 trains): the stop rule can pass from min_epochs on.
+        "aux_qa": {"generator": "rules", "stage1_epochs": 0, "stage2_epochs": 8},
         "train": {
             "epochs": 8,
             "learning_rate": {"lora": 1e-3, "gated_memory": 1e-3},
             "samples_per_step": 4,
             "gradient_checkpointing": False,
-            "min_epochs": 4,
+            "min_epochs": 3,
             "early_stop": True,
             "stop_accuracy": 0.9,
             "lr_schedule": "constant",
@@ -433,6 +442,9 @@ def resolve_config(
         raise ConfigError(f"the model's {max_positions} positions leave no room for a context window")
     if seg["segment_length"] is None:
         seg["segment_length"] = min(seg["context_window"], profile["segments"]["segment_length_cap"])
+    train = data["train"]
+    if train["step_tokens"] is None:
+        train["step_tokens"] = train["samples_per_step"] * (seg["segment_length"] + 8)
     if seg["segment_length"] + 64 > max_positions:
         raise ConfigError(
             f"segments.segment_length={seg['segment_length']} does not fit the model's {max_positions} positions"

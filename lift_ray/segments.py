@@ -291,19 +291,27 @@ def pack_groups(groups: list[list[Sample]]) -> PackedBatch:
     )
 
 
-def group_for_packing(samples: list[Sample], per_step: int) -> list[list[Sample]]:
-    """Steps of at most ``per_step`` samples that share a prefix, in order of their first sample.
+def group_for_packing(samples: list[Sample], per_step: int, max_tokens: int | None = None) -> list[list[Sample]]:
+    """Steps of samples that share a prefix, in order of their first sample.
 
-    Samples with different prefixes (e.g. recitation and QA samples) fill separate groups, so a
-    shuffled order still packs fully.
+    A step holds at most ``per_step`` samples, or, with ``max_tokens``, as many as fit that many
+    reply tokens (the shared prefix not counted; at least one sample): then a step costs about the
+    same whether its replies are long segments or short answers, and many QA pairs share one
+    computation of their context. Samples with different prefixes (e.g. recitation and QA samples)
+    fill separate groups, so a shuffled order still packs fully.
     """
     groups: list[list[Sample]] = []
-    open_groups: dict[tuple[int, ...], list[Sample]] = {}
+    open_groups: dict[tuple[int, ...], tuple[list[Sample], list[int]]] = {}  # prefix -> (group, [reply tokens])
     for s in samples:
         key = tuple(s.input_ids[: s.prefix_len])
-        group = open_groups.get(key)
-        if group is None or len(group) >= per_step:
-            group = open_groups[key] = []
-            groups.append(group)
-        group.append(s)
+        entry = open_groups.get(key)
+        reply = len(s.input_ids) - s.prefix_len
+        full = entry is not None and (
+            entry[1][0] + reply > max_tokens if max_tokens is not None else len(entry[0]) >= per_step
+        )
+        if entry is None or full:
+            entry = open_groups[key] = ([], [0])
+            groups.append(entry[0])
+        entry[0].append(s)
+        entry[1][0] += reply
     return groups

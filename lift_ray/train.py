@@ -188,7 +188,7 @@ def train_schedule(
             order = list(stage.samples)
             if cfg.shuffle:
                 order_rng.shuffle(order)
-            plans.append((stage.name, len(stage.samples), group_for_packing(order, cfg.samples_per_step)))
+            plans.append((stage.name, len(stage.samples), group_for_packing(order, cfg.samples_per_step, cfg.step_tokens or None)))
     max_steps = sum(len(p) for _, _, p in plans)
     scheduler = _lr_schedule(optimizer, cfg.lr_schedule, max_steps)
 

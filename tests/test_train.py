@@ -58,7 +58,7 @@ def test_training_is_seeded_and_reproducible(tiny_loaded, tiny_config):
 
 def test_loss_falls_and_metrics_add_up(tiny_loaded, tiny_config):
     samples = _samples(tiny_loaded, tiny_config)
-    metrics, _ = _train(tiny_loaded, tiny_config, samples, epochs=4, samples_per_step=2)
+    metrics, _ = _train(tiny_loaded, tiny_config, samples, epochs=4, samples_per_step=2, step_tokens=0)
     assert metrics.epoch_losses[-1] < metrics.epoch_losses[0]
     assert metrics.samples == len(samples)
     assert metrics.steps == 4 * ((len(samples) + 1) // 2)
@@ -208,3 +208,35 @@ def test_pack_groups_gives_each_group_its_own_logits(tiny_loaded, tiny_config):
         together = target_logits(model, pack_groups([a, b]))
         apart = torch.cat([target_logits(model, pack_shared_prefix(a)), target_logits(model, pack_shared_prefix(b))])
     assert torch.allclose(together, apart, atol=1e-5)
+
+
+def test_bf16_autocast_trains_fp32_adapter_weights(tiny_loaded, tiny_config, fitting_model):
+    """train.autocast runs forward and backward in bf16 (AVX512-BF16 CPUs, GPUs); the adapter stays fp32."""
+    qa = _qa(tiny_loaded, PAIRS)
+    torch.manual_seed(0)
+    handle = attach_adapter(fitting_model, LoraAdapterConfig(r=8, alpha=16, target_modules="all-linear"))
+    seen = []
+    hook = fitting_model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        metrics = train_schedule(handle, [Stage("QA", qa, 4)], _stop_cfg(tiny_config, early_stop=False, autocast="bfloat16"), progress=False)
+        assert metrics.epoch_losses[-1] < metrics.epoch_losses[0]
+        assert all(p.dtype == torch.float32 for p in handle.trainable_parameters())
+        assert seen and set(seen) == {torch.bfloat16}
+    finally:
+        hook.remove()
+        handle.detach()
+
+
+def test_cosine_schedule_decays_to_a_tenth():
+    from lift_ray.train import _lr_schedule
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = _lr_schedule(opt, "cosine", 10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 1.0 and lrs == sorted(lrs, reverse=True) and opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    const = _lr_schedule(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0), "constant", 10)
+    assert const.get_last_lr() == [1.0]
