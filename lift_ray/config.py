@@ -379,15 +379,21 @@ PROFILES: dict[str, dict[str, Any]] = {
     "small": {
         "model": {"dtype": {"cpu": "float32", "cuda": "bfloat16"}, "load_in_4bit": False},
         "segments": {"segment_length_cap": 2048},
-        # QA pairs from the first epoch (as LIFT v4 trains): the stop rule can pass from min_epochs on.
-        "aux_qa": {"generator": "rules", "stage1_epochs": 0, "stage2_epochs": 8},
+        # LoRA: QA pairs from the first epoch (as LIFT v4 trains), so the stop rule can pass from
+        # min_epochs on. Gated Memory keeps the measured 3 + 5 schedule, every epoch run: its recall
+        # on the fact test was at the bar (3/5) and the shorter schedule is not measured for it.
+        "aux_qa": {
+            "generator": "rules",
+            "stage1_epochs": {"lora": 0, "gated_memory": 3},
+            "stage2_epochs": {"lora": 8, "gated_memory": 5},
+        },
         "train": {
             "epochs": 8,
             "learning_rate": {"lora": 1e-3, "gated_memory": 1e-3},
             "samples_per_step": 4,
             "gradient_checkpointing": False,
             "min_epochs": 3,
-            "early_stop": True,
+            "early_stop": {"lora": True, "gated_memory": False},
             "stop_accuracy": 0.9,
             "lr_schedule": "constant",
             "autocast": "none",

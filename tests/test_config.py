@@ -57,6 +57,9 @@ def test_profiles_fill_only_what_is_unset():
     assert large.train.learning_rate == 2e-4 and large.train.betas == (0.9, 0.98) and large.train.max_grad_norm == 1.0
     assert large.model.load_in_4bit is True and large.model.dtype == "bfloat16"
     assert large.aux_qa.generator == "llm"
+    small_gm = resolve_config(build_config(None, {"adapter": {"kind": "gated_memory"}}), num_params=135_000_000,
+                              max_positions=8192, on_cuda=False)
+    assert (small_gm.aux_qa.stage1_epochs, small_gm.aux_qa.stage2_epochs, small_gm.train.early_stop) == (3, 5, False)
     gm = resolve_config(build_config(None, {"adapter": {"kind": "gated_memory"}}), num_params=8e9, max_positions=8192, on_cuda=True)
     assert gm.train.learning_rate == 1e-3 and gm.adapter.kind == "gated_memory"
     assert large.segments.segment_length == 2048
