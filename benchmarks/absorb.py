@@ -77,7 +77,8 @@ def hf_trainer_baseline(loaded: LoadedModel, cfg: LiftConfig, samples, batch_siz
 def lift_ray_path(loaded: LoadedModel, cfg: LiftConfig, samples, batch_size: int) -> dict:
     torch.manual_seed(cfg.train.seed)
     handle = attach_adapter(loaded.model, cfg.adapter)
-    train_cfg = cfg.train.model_copy(update={"samples_per_step": batch_size})
+    # Count mode (step_tokens 0): exactly the Trainer's batches, so only the loop differs.
+    train_cfg = cfg.train.model_copy(update={"samples_per_step": batch_size, "step_tokens": 0})
     sync()
     metrics = train_adapter(handle, samples, train_cfg, progress=False)
     sync()

@@ -24,7 +24,7 @@ from lift_ray.retrieval import RetrievalIndex, index_key
 from lift_ray.segments import Sample, chat_format, segment_samples
 from lift_ray.store import AdapterStore, BaseModelRef, Manifest, TrainMetrics, doc_id_for, now_iso, sha256_file, variant_id
 from lift_ray.text import DocumentError, check_document_text, decode_document, read_document  # noqa: F401  (absorb's input errors)
-from lift_ray.train import train_adapter
+from lift_ray.train import EpochRecord, Stage, train_schedule
 
 
 @dataclasses.dataclass
@@ -58,6 +58,7 @@ def absorb_document(
     alias: str | None = None,
     title: str | None = None,
     claim: Callable[[str], bool] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> AbsorbResult:
     """Train an adapter on ``text`` and publish it, unless this variant is already in the store.
 
@@ -71,6 +72,8 @@ def absorb_document(
         alias, title: the source's id and title of the document, kept in the manifest.
         claim: asked with the doc id right before publishing; False means another worker owns the
             document now (its lease was given away), so the trained adapter is dropped unpublished.
+        on_epoch: called after every epoch with its record while the adapter is attached to
+            ``loaded.model`` (benchmarks ask questions there); its time is not training time.
 
     Raises:
         DocumentError: empty, binary or oversized text; nothing is written.
@@ -110,28 +113,23 @@ def absorb_document(
     )
     stages = training_stages(samples, qa, cfg)
     if progress:
+        t = cfg.train
+        stop = (f", stopping once {t.stop_accuracy:.0%} of the QA pairs are known (from epoch {t.min_epochs})"
+                if t.early_stop and qa else "")
         print(
             f"lift-ray: absorbing {doc_id}: {len(doc_tokens)} tokens -> {len(samples)} segments "
             f"(ℓ={budgets.segment_length}, stride={budgets.stride}, context={budgets.train_context}) + "
-            f"{len(qa)} QA pairs, {cfg.adapter.kind} adapter, "
-            + " then ".join(f"{epochs} epochs on {name}" for name, _, epochs in stages),
+            f"{len(qa)} QA pairs, {cfg.adapter.kind} adapter, at most "
+            + " then ".join(f"{stage.epochs} epochs on {stage.name}" for stage in stages)
+            + stop,
             file=sys.stderr,
             flush=True,
         )
     torch.manual_seed(cfg.train.seed)  # adapter initialisation is part of the reproducible run
     handle = attach_adapter(loaded.model, cfg.adapter, base_model_id=loaded.model_id)
     try:
-        stage_metrics = [
-            train_adapter(
-                handle,
-                stage_samples,
-                cfg.train.model_copy(update={"epochs": epochs}),
-                progress=progress,
-                desc=f"stage {i}/{len(stages)} {name}",
-            )
-            for i, (name, stage_samples, epochs) in enumerate(stages, 1)
-        ]
-        metrics = combine_metrics(stage_metrics)
+        metrics = train_schedule(handle, stages, cfg.train, check_samples=qa, progress=progress,
+                                 desc="absorb", on_epoch=on_epoch)
         with tempfile.TemporaryDirectory(prefix="lift-ray-adapter-") as tmp:
             names = handle.save(Path(tmp))
             manifest = Manifest(
@@ -157,7 +155,6 @@ def absorb_document(
                 num_samples=len(samples) + len(qa),
                 num_qa_pairs=len(qa),
                 training=metrics,
-                training_stages=stage_metrics,
                 files={name: sha256_file(Path(tmp) / name) for name in names},
                 alias=alias,
                 title=title,
@@ -201,27 +198,13 @@ def auxiliary_pairs(
     return report.pairs
 
 
-def training_stages(segments: list[Sample], qa: list[Sample], cfg: LiftConfig) -> list[tuple[str, list[Sample], int]]:
-    """The schedule: segments only, or (paper §3.3) stage 1 segments, stage 2 segments + QA."""
+def training_stages(segments: list[Sample], qa: list[Sample], cfg: LiftConfig) -> list[Stage]:
+    """The schedule: segments only, or (paper §3.3) stage 1 segments, stage 2 segments + QA.
+
+    Epoch counts are maxima: the stop rule (:func:`lift_ray.train.train_schedule`) may end training
+    earlier once the QA pairs are known.
+    """
     if not qa:
-        return [("segments", segments, cfg.train.epochs)]
-    stages = [("segments", segments, cfg.aux_qa.stage1_epochs), ("segments+QA", segments + qa, cfg.aux_qa.stage2_epochs)]
-    return [stage for stage in stages if stage[2]]
-
-
-def combine_metrics(stages: list[TrainMetrics]) -> TrainMetrics:
-    if len(stages) == 1:
-        return stages[0]
-    seconds = sum(m.seconds for m in stages)
-    sample_tokens = sum(m.sample_tokens for m in stages)
-    return TrainMetrics(
-        steps=sum(m.steps for m in stages),
-        epochs=sum(m.epochs for m in stages),
-        samples=max(m.samples for m in stages),
-        target_tokens=sum(m.target_tokens for m in stages),
-        sample_tokens=sample_tokens,
-        computed_tokens=sum(m.computed_tokens for m in stages),
-        seconds=round(seconds, 3),
-        tokens_per_second=round(sample_tokens / seconds, 1) if seconds > 0 else 0.0,
-        epoch_losses=[x for m in stages for x in m.epoch_losses],
-    )
+        return [Stage("segments", segments, cfg.train.epochs)]
+    stages = [Stage("segments", segments, cfg.aux_qa.stage1_epochs), Stage("segments+QA", segments + qa, cfg.aux_qa.stage2_epochs)]
+    return [stage for stage in stages if stage.epochs]

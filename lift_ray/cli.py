@@ -39,6 +39,14 @@ def _set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def _stop_note(training) -> str:
+    """', 4 of 8 epochs: QA pairs known (93%)' for a run the stop rule ended early."""
+    if training.stop_reason != "known" or not training.epoch_log:
+        return ""
+    check = training.epoch_log[-1].check
+    return f", {training.epochs} of {training.max_epochs} epochs: QA pairs known ({check.answer_accuracy:.0%})"
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """CLI flags -> a nested dict laid over the YAML config (None means: not given)."""
     flat = {
@@ -113,7 +121,7 @@ def cmd_absorb(args: argparse.Namespace) -> int:
             print(f"Q: {pair.question}\nA: {pair.answer}", flush=True)
     human = (
         f"{result.status}: {result.doc_id} variant {result.variant} ({result.num_tokens} tokens"
-        + (f", {result.training.tokens_per_second} tok/s, {result.seconds} s)" if result.training else ")")
+        + (f", {result.training.tokens_per_second} tok/s, {result.seconds} s{_stop_note(result.training)})" if result.training else ")")
     )
     _emit(payload, args.json, human)
     return 0

@@ -122,7 +122,32 @@ class AuxQAConfig(_Base):
 class TrainConfig(_Base):
     """Optimisation of the adapter on the samples; the base model stays frozen."""
 
-    epochs: int | None = Field(None, ge=1, description="Passes over the samples. None: the profile's value.")
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many passes over the samples (without auxiliary QA; with it, the aux_qa "
+        "stage epochs). None: the profile's value.",
+    )
+    min_epochs: int | None = Field(
+        None, ge=1, description="Never stop before this many epochs (counted over the whole schedule). None: the profile's value."
+    )
+    early_stop: bool | None = Field(
+        None,
+        description="Stop when the document is known: after each epoch from min_epochs on, one teacher-forced "
+        "forward over the auxiliary QA pairs (no generation) checks which answers greedy decoding would "
+        "reproduce; training ends once that share reaches stop_accuracy. None: the profile's value.",
+    )
+    stop_accuracy: float | None = Field(
+        None, gt=0.0, le=1.0, description="Share of the QA pairs answered exactly that ends training (with early_stop). None: the profile's value."
+    )
+    lr_schedule: Literal["constant", "cosine"] | None = Field(
+        None, description="Learning rate over the schedule's maximum steps: constant, or cosine decay to 10%. None: the profile's value."
+    )
+    autocast: Literal["none", "bfloat16", "float16"] | None = Field(
+        None,
+        description="Mixed precision: run the forward and backward in this dtype over the model's weights "
+        "(bfloat16 pays off on CPUs with AVX512-BF16/AMX and on GPUs). None: the profile's choice for the device.",
+    )
     learning_rate: float | None = Field(None, gt=0, description="AdamW learning rate. None: the profile's value.")
     betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas (paper: 0.9, 0.98).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -132,6 +157,14 @@ class TrainConfig(_Base):
         ge=1,
         description="Samples per optimiser update. Samples of one step share their context: it is computed "
         "once and each segment attends to it through a block mask. None: the profile's value.",
+    )
+    step_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="Reply tokens per optimiser update (the shared context not counted): a step takes samples "
+        "sharing a context until this many; it replaces samples_per_step's count, so a step holds a few long "
+        "segments or many short QA answers. 0: count samples only. None: samples_per_step x (segment_length + 8), "
+        "as many tokens as samples_per_step segments.",
     )
     gradient_checkpointing: bool | None = Field(None, description="Recompute activations in backward. None: the profile's value.")
     seed: int = Field(0, description="Seed for adapter initialisation and sample order.")
@@ -335,18 +368,35 @@ PROFILES: dict[str, dict[str, Any]] = {
             "learning_rate": {"lora": 2e-4, "gated_memory": 1e-3},
             "samples_per_step": 1,
             "gradient_checkpointing": True,
+            "min_epochs": 4,  # stage 1 (3 epochs) + at least one with the QA pairs
+            "early_stop": True,
+            "stop_accuracy": 0.9,
+            "lr_schedule": "constant",
+            "autocast": "none",
         },
         "adapter": {"r": 128, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
     },
     "small": {
         "model": {"dtype": {"cpu": "float32", "cuda": "bfloat16"}, "load_in_4bit": False},
         "segments": {"segment_length_cap": 2048},
-        "aux_qa": {"generator": "rules", "stage1_epochs": 3, "stage2_epochs": 5},
+        # LoRA: QA pairs from the first epoch (as LIFT v4 trains), so the stop rule can pass from
+        # min_epochs on. Gated Memory keeps the measured 3 + 5 schedule, every epoch run: its recall
+        # on the fact test was at the bar (3/5) and the shorter schedule is not measured for it.
+        "aux_qa": {
+            "generator": "rules",
+            "stage1_epochs": {"lora": 0, "gated_memory": 3},
+            "stage2_epochs": {"lora": 8, "gated_memory": 5},
+        },
         "train": {
             "epochs": 8,
             "learning_rate": {"lora": 1e-3, "gated_memory": 1e-3},
             "samples_per_step": 4,
             "gradient_checkpointing": False,
+            "min_epochs": 3,
+            "early_stop": {"lora": True, "gated_memory": False},
+            "stop_accuracy": 0.9,
+            "lr_schedule": "constant",
+            "autocast": "none",
         },
         "adapter": {"r": 16, "target_modules": "all-linear"},
     },
@@ -398,6 +448,9 @@ def resolve_config(
         raise ConfigError(f"the model's {max_positions} positions leave no room for a context window")
     if seg["segment_length"] is None:
         seg["segment_length"] = min(seg["context_window"], profile["segments"]["segment_length_cap"])
+    train = data["train"]
+    if train["step_tokens"] is None:
+        train["step_tokens"] = train["samples_per_step"] * (seg["segment_length"] + 8)
     if seg["segment_length"] + 64 > max_positions:
         raise ConfigError(
             f"segments.segment_length={seg['segment_length']} does not fit the model's {max_positions} positions"

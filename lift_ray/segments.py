@@ -225,39 +225,60 @@ def pack_shared_prefix(samples: list[Sample]) -> PackedBatch:
     positions continue from the prefix, so the logits of every reply token equal those of the
     sample run alone (a tree attention mask). The samples must share their prefix.
     """
-    first = samples[0]
-    prefix = first.input_ids[: first.prefix_len]
-    for s in samples[1:]:
-        if s.prefix_len != first.prefix_len or s.input_ids[: s.prefix_len] != prefix:
-            raise ValueError("pack_shared_prefix needs samples with identical prefixes")
-    p = len(prefix)
-    if p < 1 or any(x != IGNORE_INDEX for x in first.labels[:p]):
-        raise ValueError("samples must have a non-empty prefix without targets")
-    ids, labels, pos = list(prefix), list(first.labels[:p]), list(range(p))
-    branches: list[tuple[int, int]] = []
+    return pack_groups([samples])
+
+
+def pack_groups(groups: list[list[Sample]]) -> PackedBatch:
+    """Several shared-prefix groups in one sequence (see :func:`pack_shared_prefix`).
+
+    Each group is a tree (its prefix once, one branch per sample) that sees nothing of the other
+    groups, and its positions start at 0, so one forward gives every target the logits it would
+    have alone. Used for a training step (one group) and for the knowledge check (all the
+    document's pairs in one forward).
+    """
+    ids: list[int] = []
+    labels: list[int] = []
+    pos: list[int] = []
+    trees: list[tuple[int, int, list[tuple[int, int]]]] = []  # (group start, prefix end, branches)
     logit_positions: list[int] = []
     targets: list[int] = []
-    for s in samples:
-        start = len(ids)
-        reply = s.input_ids[p:]
-        for j, label in enumerate(s.labels[p:]):
-            if label != IGNORE_INDEX:
-                # The first reply token is predicted by the prefix's last token, shared by all branches.
-                logit_positions.append(p - 1 if j == 0 else start + j - 1)
-                targets.append(label)
-        ids += reply
-        labels += s.labels[p:]
-        pos += range(p, p + len(reply))
-        branches.append((start, len(ids)))
+    for samples in groups:
+        first = samples[0]
+        prefix = first.input_ids[: first.prefix_len]
+        for s in samples[1:]:
+            if s.prefix_len != first.prefix_len or s.input_ids[: s.prefix_len] != prefix:
+                raise ValueError("pack_shared_prefix needs samples with identical prefixes")
+        p = len(prefix)
+        if p < 1 or any(x != IGNORE_INDEX for x in first.labels[:p]):
+            raise ValueError("samples must have a non-empty prefix without targets")
+        base = len(ids)
+        ids += prefix
+        labels += first.labels[:p]
+        pos += range(p)
+        branches: list[tuple[int, int]] = []
+        for s in samples:
+            start = len(ids)
+            reply = s.input_ids[p:]
+            for j, label in enumerate(s.labels[p:]):
+                if label != IGNORE_INDEX:
+                    # The first reply token is predicted by the prefix's last token, shared by all branches.
+                    logit_positions.append(base + p - 1 if j == 0 else start + j - 1)
+                    targets.append(label)
+            ids += reply
+            labels += s.labels[p:]
+            pos += range(p, p + len(reply))
+            branches.append((start, len(ids)))
+        trees.append((base, base + p, branches))
     t = len(ids)
     mask = None
-    if len(samples) > 1:
+    if len(groups) > 1 or len(groups[0]) > 1:
         mask = torch.zeros(t, t, dtype=torch.bool)
-        mask[:, :p] = True
         causal = torch.ones(t, t, dtype=torch.bool).tril()
-        mask[:p] &= causal[:p]
-        for a, b in branches:
-            mask[a:b, a:b] = causal[a:b, a:b]
+        for base, prefix_end, branches in trees:
+            mask[base:prefix_end, base:prefix_end] = causal[base:prefix_end, base:prefix_end]
+            for a, b in branches:
+                mask[a:b, base:prefix_end] = True
+                mask[a:b, a:b] = causal[a:b, a:b]
         mask = mask[None, None]
     return PackedBatch(
         input_ids=torch.tensor([ids]),
@@ -266,23 +287,31 @@ def pack_shared_prefix(samples: list[Sample]) -> PackedBatch:
         attention_mask=mask,
         logit_positions=torch.tensor(logit_positions, dtype=torch.long),
         targets=torch.tensor(targets, dtype=torch.long),
-        num_tokens_unpacked=sum(len(s.input_ids) for s in samples),
+        num_tokens_unpacked=sum(len(s.input_ids) for g in groups for s in g),
     )
 
 
-def group_for_packing(samples: list[Sample], per_step: int) -> list[list[Sample]]:
-    """Steps of at most ``per_step`` samples that share a prefix, in order of their first sample.
+def group_for_packing(samples: list[Sample], per_step: int, max_tokens: int | None = None) -> list[list[Sample]]:
+    """Steps of samples that share a prefix, in order of their first sample.
 
-    Samples with different prefixes (e.g. recitation and QA samples) fill separate groups, so a
-    shuffled order still packs fully.
+    A step holds at most ``per_step`` samples, or, with ``max_tokens``, as many as fit that many
+    reply tokens (the shared prefix not counted; at least one sample): then a step costs about the
+    same whether its replies are long segments or short answers, and many QA pairs share one
+    computation of their context. Samples with different prefixes (e.g. recitation and QA samples)
+    fill separate groups, so a shuffled order still packs fully.
     """
     groups: list[list[Sample]] = []
-    open_groups: dict[tuple[int, ...], list[Sample]] = {}
+    open_groups: dict[tuple[int, ...], tuple[list[Sample], list[int]]] = {}  # prefix -> (group, [reply tokens])
     for s in samples:
         key = tuple(s.input_ids[: s.prefix_len])
-        group = open_groups.get(key)
-        if group is None or len(group) >= per_step:
-            group = open_groups[key] = []
-            groups.append(group)
-        group.append(s)
+        entry = open_groups.get(key)
+        reply = len(s.input_ids) - s.prefix_len
+        full = entry is not None and (
+            entry[1][0] + reply > max_tokens if max_tokens is not None else len(entry[0]) >= per_step
+        )
+        if entry is None or full:
+            entry = open_groups[key] = ([], [0])
+            groups.append(entry[0])
+        entry[0].append(s)
+        entry[1][0] += reply
     return groups

@@ -44,11 +44,36 @@ class StoreError(ValueError):
     """Unknown or invalid id, or an unreadable entry."""
 
 
+class KnowledgeCheck(BaseModel):
+    """How well the adapter knows its auxiliary QA pairs, measured teacher-forced in one forward."""
+
+    epoch: int = Field(description="Epochs trained when the check ran.")
+    answer_accuracy: float = Field(
+        description="Share of pairs whose every answer token (and the end of turn) is the greedy next token: "
+        "the pairs greedy decoding would answer exactly."
+    )
+    token_accuracy: float = Field(description="Share of answer tokens that are the greedy next token.")
+    loss: float = Field(description="Mean cross-entropy over the answer tokens.")
+    pairs: int
+    tokens: int = Field(description="Answer tokens checked.")
+    seconds: float
+
+
+class EpochRecord(BaseModel):
+    epoch: int = Field(description="1-based, counted over the whole schedule.")
+    stage: str
+    samples: int
+    steps: int
+    loss: float = Field(description="Mean target loss of the epoch's steps.")
+    seconds: float = Field(description="Training time of the epoch, the check included.")
+    check: KnowledgeCheck | None = None
+
+
 class TrainMetrics(BaseModel):
     """What one training run did; kept in the manifest (the loop in :mod:`lift_ray.train` fills it)."""
 
     steps: int = Field(description="Optimiser updates.")
-    epochs: int
+    epochs: int = Field(description="Epochs trained.")
     samples: int
     target_tokens: int = Field(description="Tokens with a loss, over all epochs.")
     sample_tokens: int = Field(description="Tokens of the samples as written, over all epochs.")
@@ -56,6 +81,12 @@ class TrainMetrics(BaseModel):
     seconds: float
     tokens_per_second: float = Field(description="sample_tokens / seconds: throughput on the samples.")
     epoch_losses: list[float] = Field(description="Mean target loss per epoch.")
+    # Added with the stop rule; manifests written before it read back with these defaults.
+    max_epochs: int | None = Field(None, description="Epochs the schedule allowed.")
+    stop_reason: str | None = Field(
+        None, description="'known' (the knowledge check passed), 'max_epochs', or None (written before the stop rule)."
+    )
+    epoch_log: list[EpochRecord] = Field(default_factory=list, description="Per epoch: stage, loss, time, check.")
 
 
 class BaseModelRef(BaseModel):
@@ -85,7 +116,11 @@ class Manifest(BaseModel):
     num_samples: int
     num_qa_pairs: int = Field(0, description="Auxiliary QA pairs trained on (paper §3.3).")
     training: TrainMetrics
-    training_stages: list[TrainMetrics] = Field(default_factory=list, description="Per stage of the schedule.")
+    training_stages: list[TrainMetrics] = Field(
+        default_factory=list,
+        description="Manifests written before the stop rule: metrics per stage. Newer ones leave it empty and "
+        "keep one record per epoch (stage, loss, knowledge check) in training.epoch_log.",
+    )
     files: dict[str, str] = Field(description="File name -> sha256 of every file of the adapter.")
     alias: str | None = Field(None, description="The source's own id for the document (bulk input id column or file name).")
     title: str | None = Field(None, description="The source's title for the document, if it had one.")

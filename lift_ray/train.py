@@ -1,27 +1,45 @@
 """The one training loop: fit an attached adapter to SFT samples with the base model frozen.
 
-Every shell (CLI, Ray workers, benchmarks) trains through :func:`train_adapter`. Samples that
-share a prefix (the truncated document context) are packed into one sequence per optimiser step
-with a tree attention mask, so the shared context is computed once per step instead of once per
-sample (:func:`lift_ray.segments.pack_shared_prefix`). Logits are computed only where a target
-token is predicted, which skips most of the LM head on long prompts.
+Every shell (CLI, Ray workers, benchmarks) trains through :func:`train_schedule` (or its one-stage
+form :func:`train_adapter`). Samples that share a prefix (the truncated document context) are
+packed into one sequence per optimiser step with a tree attention mask, so the shared context is
+computed once per step instead of once per sample (:func:`lift_ray.segments.pack_shared_prefix`).
+Logits are computed only where a target token is predicted, which skips most of the LM head on
+long prompts.
+
+Training stops when the document is known (:func:`knowledge_check`): after each epoch from
+``min_epochs`` on, one teacher-forced forward over all the document's auxiliary QA pairs measures
+how many answers greedy decoding would reproduce; once that share reaches ``stop_accuracy`` the
+remaining epochs are skipped. Without QA pairs there is nothing to check and every epoch runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import math
 import random
 import sys
 import time
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
 from lift_ray.adapters.base import AdapterHandle
 from lift_ray.config import TrainConfig
-from lift_ray.segments import PackedBatch, Sample, group_for_packing, pack_shared_prefix
-from lift_ray.store import TrainMetrics
+from lift_ray.segments import PackedBatch, Sample, group_for_packing, pack_groups, pack_shared_prefix
+from lift_ray.store import EpochRecord, KnowledgeCheck, TrainMetrics
+
+
+@dataclasses.dataclass
+class Stage:
+    """Part of a schedule: ``samples`` for at most ``epochs`` epochs."""
+
+    name: str
+    samples: list[Sample]
+    epochs: int
 
 
 def _set_checkpointing(module: torch.nn.Module, on: bool) -> None:
@@ -32,13 +50,25 @@ def _set_checkpointing(module: torch.nn.Module, on: bool) -> None:
         else:
             module.activation_checkpointing_disable()
     elif on:
-        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _set_checkpointing(module, True)
     else:
         module.gradient_checkpointing_disable()
 
 
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.autocast in (None, "none"):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, cfg.autocast))
+
+
 def packed_loss(module: torch.nn.Module, batch: PackedBatch) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy over the target tokens of a packed batch, and their count."""
+    logits = target_logits(module, batch)
+    return F.cross_entropy(logits, batch.targets), int(batch.targets.numel())
+
+
+def target_logits(module: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
+    """(n_targets, vocab) float logits at the positions that predict a target, from one forward."""
     # Logits only where a target is predicted (a shared prefix position may serve several branches).
     out = module(
         input_ids=batch.input_ids,
@@ -47,8 +77,44 @@ def packed_loss(module: torch.nn.Module, batch: PackedBatch) -> tuple[torch.Tens
         logits_to_keep=batch.logit_positions,
         use_cache=False,
     )
-    logits = out.logits[0].float()  # (n_targets, vocab)
-    return F.cross_entropy(logits, batch.targets), int(batch.targets.numel())
+    return out.logits[0].float()
+
+
+def knowledge_check(
+    module: torch.nn.Module, samples: Sequence[Sample], *, epoch: int = 0, autocast: contextlib.AbstractContextManager | None = None
+) -> KnowledgeCheck:
+    """Teacher-forced check of the samples' answers: all of them packed into ONE forward, no generation.
+
+    A pair counts as known when the greedy next token is right at every answer position; with the
+    answer teacher-forced that is exactly what greedy decoding would produce, end of turn included.
+    """
+    if not samples:
+        raise ValueError("no samples to check")
+    start = time.perf_counter()
+    groups = group_for_packing(list(samples), len(samples))  # one tree per distinct prefix
+    device = next(module.parameters()).device
+    batch = pack_groups(groups).to(device)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode(), autocast or contextlib.nullcontext():
+            logits = target_logits(module, batch)
+    finally:
+        module.train(was_training)
+    hits = logits.argmax(-1) == batch.targets
+    loss = F.cross_entropy(logits, batch.targets).item()
+    # Targets come out sample by sample in group order; count each sample's span.
+    counts = [s.num_target_tokens for g in groups for s in g]
+    known = sum(bool(span.all()) for span in torch.split(hits, counts))
+    return KnowledgeCheck(
+        epoch=epoch,
+        answer_accuracy=round(known / len(counts), 4),
+        token_accuracy=round(hits.float().mean().item(), 4),
+        loss=round(loss, 5),
+        pairs=len(counts),
+        tokens=int(hits.numel()),
+        seconds=round(time.perf_counter() - start, 3),
+    )
 
 
 def train_adapter(
@@ -56,25 +122,55 @@ def train_adapter(
     samples: list[Sample],
     cfg: TrainConfig,
     *,
+    check_samples: Sequence[Sample] | None = None,
     progress: bool = True,
     desc: str = "absorb",
+    on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> TrainMetrics:
-    """Train ``handle``'s parameters on ``samples`` for ``cfg.epochs`` epochs; seeded and reproducible.
+    """Train on one set of samples for at most ``cfg.epochs`` epochs (see :func:`train_schedule`)."""
+    if cfg.epochs is None:
+        raise ValueError("TrainConfig is not resolved (epochs, learning_rate, samples_per_step)")
+    return train_schedule(
+        handle, [Stage("samples", samples, cfg.epochs)], cfg,
+        check_samples=check_samples, progress=progress, desc=desc, on_epoch=on_epoch,
+    )
+
+
+def train_schedule(
+    handle: AdapterHandle,
+    stages: Sequence[Stage],
+    cfg: TrainConfig,
+    *,
+    check_samples: Sequence[Sample] | None = None,
+    progress: bool = True,
+    desc: str = "absorb",
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> TrainMetrics:
+    """Train ``handle``'s parameters through the stages in order; seeded and reproducible.
+
+    One optimiser runs through the whole schedule. After every epoch from ``cfg.min_epochs`` on,
+    when ``cfg.early_stop`` is set and ``check_samples`` are given, :func:`knowledge_check` runs and
+    training ends as soon as its answer accuracy reaches ``cfg.stop_accuracy``.
 
     Args:
         handle: an attached adapter; only its ``trainable_parameters()`` change.
-        samples: SFT samples with target-only labels.
-        cfg: a resolved TrainConfig (epochs, learning_rate and samples_per_step set).
-        progress: show a tqdm bar with the loss on stderr.
+        stages: (name, samples, at most this many epochs), trained in order.
+        cfg: a resolved TrainConfig.
+        check_samples: the samples whose answers say the document is known (its QA pairs).
+        progress: show a tqdm bar with the loss and the last check on stderr.
         desc: label of the progress bar.
+        on_epoch: called with each epoch's record; its own time is not counted (benchmarks use it).
 
     Returns:
-        TrainMetrics of the run.
+        TrainMetrics of the run, with one EpochRecord per epoch trained.
     """
-    if not samples:
+    stages = [s for s in stages if s.epochs > 0]
+    if not stages or any(not s.samples for s in stages):
         raise ValueError("no training samples")
-    if cfg.epochs is None or cfg.learning_rate is None or cfg.samples_per_step is None:
-        raise ValueError("TrainConfig is not resolved (epochs, learning_rate, samples_per_step)")
+    if cfg.learning_rate is None or cfg.samples_per_step is None or cfg.min_epochs is None or cfg.early_stop is None:
+        raise ValueError("TrainConfig is not resolved (epochs, learning_rate, samples_per_step, min_epochs, early_stop)")
+    if cfg.early_stop and cfg.stop_accuracy is None:
+        raise ValueError("TrainConfig is not resolved (stop_accuracy)")
     module = handle.module
     device = next(module.parameters()).device
     params = handle.trainable_parameters()
@@ -83,31 +179,42 @@ def train_adapter(
     torch.manual_seed(cfg.seed)
     order_rng = random.Random(cfg.seed)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    checking = bool(cfg.early_stop and check_samples)
+    autocast = lambda: _autocast(cfg, device)  # noqa: E731 (a fresh context manager per use)
+
+    plans: list[tuple[str, int, list[list[Sample]]]] = []  # (stage, samples, steps) per epoch, all epochs planned
+    for stage in stages:
+        for _ in range(stage.epochs):
+            order = list(stage.samples)
+            if cfg.shuffle:
+                order_rng.shuffle(order)
+            plans.append((stage.name, len(stage.samples), group_for_packing(order, cfg.samples_per_step, cfg.step_tokens or None)))
+    max_steps = sum(len(p) for _, _, p in plans)
+    scheduler = _lr_schedule(optimizer, cfg.lr_schedule, max_steps)
 
     if cfg.gradient_checkpointing:
         _set_checkpointing(module, True)
     module.train()
-    plans = []
-    for _ in range(cfg.epochs):
-        order = list(samples)
-        if cfg.shuffle:
-            order_rng.shuffle(order)
-        plans.append(group_for_packing(order, cfg.samples_per_step))
-    total_steps = sum(len(p) for p in plans)
-    bar = tqdm(total=total_steps, desc=desc, file=sys.stderr, disable=not progress, dynamic_ncols=True, leave=False)
-    sample_tokens = computed_tokens = target_tokens = 0
-    epoch_losses: list[float] = []
+    bar = tqdm(total=max_steps, desc=desc, file=sys.stderr, disable=not progress, dynamic_ncols=True, leave=False)
+    sample_tokens = computed_tokens = target_tokens = steps = 0
+    log: list[EpochRecord] = []
+    stop_reason = "max_epochs"
+    paused = 0.0  # time spent in on_epoch, not training
     start = time.perf_counter()
     try:
-        for plan in plans:
+        for epoch, (stage_name, n_samples, plan) in enumerate(plans, 1):
+            epoch_start = time.perf_counter()
             loss_sum, loss_count = 0.0, 0
+            postfix = {"epoch": epoch, "stage": stage_name}
             for group in plan:
                 batch = pack_shared_prefix(group).to(device)
-                loss, n_targets = packed_loss(module, batch)
+                with autocast():
+                    loss, n_targets = packed_loss(module, batch)
                 loss.backward()
                 if cfg.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
+                scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 value = loss.item()
                 loss_sum += value * n_targets
@@ -115,24 +222,62 @@ def train_adapter(
                 sample_tokens += batch.num_tokens_unpacked
                 computed_tokens += batch.input_ids.shape[1]
                 target_tokens += n_targets
+                steps += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{value:.3f}", epoch=len(epoch_losses) + 1)
-            epoch_losses.append(loss_sum / max(loss_count, 1))
+                bar.set_postfix(loss=f"{value:.3f}", **postfix)
+            check = None
+            if checking and epoch >= cfg.min_epochs:
+                check = knowledge_check(module, check_samples, epoch=epoch, autocast=autocast())
+                bar.set_postfix(loss=f"{loss_sum / max(loss_count, 1):.3f}", known=f"{check.answer_accuracy:.0%}", **postfix)
+            record = EpochRecord(
+                epoch=epoch,
+                stage=stage_name,
+                samples=n_samples,
+                steps=len(plan),
+                loss=round(loss_sum / max(loss_count, 1), 5),
+                seconds=round(time.perf_counter() - epoch_start, 3),
+                check=check,
+            )
+            log.append(record)
+            if on_epoch is not None:
+                hook_start = time.perf_counter()
+                module.eval()
+                on_epoch(record)
+                module.train()
+                paused += time.perf_counter() - hook_start
+            if check is not None and check.answer_accuracy >= cfg.stop_accuracy:
+                stop_reason = "known"
+                break
     finally:
         bar.close()
         module.eval()
         if cfg.gradient_checkpointing:
             _set_checkpointing(module, False)
         optimizer.zero_grad(set_to_none=True)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start - paused
     return TrainMetrics(
-        steps=total_steps,
-        epochs=cfg.epochs,
-        samples=len(samples),
+        steps=steps,
+        epochs=len(log),
+        samples=max(n for _, n, _ in plans),
         target_tokens=target_tokens,
         sample_tokens=sample_tokens,
         computed_tokens=computed_tokens,
         seconds=round(seconds, 3),
         tokens_per_second=round(sample_tokens / seconds, 1) if seconds > 0 else 0.0,
-        epoch_losses=[round(x, 5) for x in epoch_losses],
+        epoch_losses=[r.loss for r in log],
+        max_epochs=len(plans),
+        stop_reason=stop_reason,
+        epoch_log=log,
     )
+
+
+def _lr_schedule(optimizer: torch.optim.Optimizer, kind: str, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Constant, or cosine decay to 10% over the schedule's maximum steps (an early stop cuts it short)."""
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if kind == "cosine":
+        floor = 0.1
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+        )
+    raise ValueError(f"unknown lr_schedule {kind!r}")

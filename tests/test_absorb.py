@@ -19,25 +19,42 @@ def _cfg(tiny_config, **sections):
 
 
 def test_two_stage_schedule_with_rule_qa(tiny_loaded, tiny_config):
-    cfg = _cfg(tiny_config, aux_qa={"generator": "rules", "stage1_epochs": 1, "stage2_epochs": 2})
+    cfg = _cfg(tiny_config, aux_qa={"generator": "rules", "stage1_epochs": 1, "stage2_epochs": 2}, train={"early_stop": False})
     store = AdapterStore(cfg.store.uri)
     result = absorb_document(tiny_loaded, LONG_TEXT, cfg, store, progress=False)
     assert result.status == "absorbed" and result.qa_pairs
     manifest = store.manifest(result.doc_id, result.variant)
     assert manifest.num_qa_pairs == len(result.qa_pairs)
-    first, second = manifest.training_stages
-    assert first.epochs == 1 and second.epochs == 2
-    assert second.samples == first.samples + manifest.num_qa_pairs  # stage 2 = segments + QA
+    log = manifest.training.epoch_log
+    assert [(r.epoch, r.stage) for r in log] == [(1, "segments"), (2, "segments+QA"), (3, "segments+QA")]
+    assert log[1].samples == log[0].samples + manifest.num_qa_pairs  # stage 2 = segments + QA
     assert manifest.training.epochs == 3 and len(manifest.training.epoch_losses) == 3
+    assert manifest.training.stop_reason == "max_epochs" and all(r.check is None for r in log)
     assert manifest.config["aux_qa"]["generator"] == "rules"
+
+
+def test_the_manifest_records_every_check_and_why_training_stopped(tiny_loaded, tiny_config):
+    """The stop rule's checks (one per epoch from min_epochs) are kept in the manifest."""
+    cfg = _cfg(tiny_config, aux_qa={"generator": "rules", "stage1_epochs": 1, "stage2_epochs": 3},
+               train={"early_stop": True, "min_epochs": 2, "stop_accuracy": 1.0})
+    store = AdapterStore(cfg.store.uri)
+    result = absorb_document(tiny_loaded, LONG_TEXT, cfg, store, progress=False)
+    training = store.manifest(result.doc_id, result.variant).training
+    assert training.max_epochs == 4 and training.epochs == len(training.epoch_log)
+    assert training.epoch_log[0].check is None  # before min_epochs
+    checks = [r.check for r in training.epoch_log[1:]]
+    assert [c.epoch for c in checks] == list(range(2, training.epochs + 1))
+    assert all(c.pairs == len(result.qa_pairs) and 0 <= c.answer_accuracy <= 1 and c.loss > 0 for c in checks)
+    # The random tiny model cannot make its answers certain (see test_train's fitting_model): no stop.
+    assert training.stop_reason == "max_epochs" and training.epochs == 4
 
 
 def test_no_qa_means_one_stage(tiny_config):
     cfg = _cfg(tiny_config, aux_qa={"generator": "none"})
     stages = training_stages(["s"], [], cfg)
-    assert stages == [("segments", ["s"], cfg.train.epochs)]
+    assert [(s.name, s.samples, s.epochs) for s in stages] == [("segments", ["s"], cfg.train.epochs)]
     cfg = _cfg(tiny_config, aux_qa={"generator": "rules", "stage1_epochs": 0, "stage2_epochs": 4})
-    assert [name for name, _, _ in training_stages(["s"], ["q"], cfg)] == ["segments+QA"]
+    assert [s.name for s in training_stages(["s"], ["q"], cfg)] == ["segments+QA"]
 
 
 def test_gated_memory_training_moves_the_gate_and_lowers_the_loss(tiny_loaded, tiny_config):

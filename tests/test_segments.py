@@ -7,6 +7,7 @@ from lift_ray.segments import (
     build_prompt_ids,
     chat_format,
     compute_budgets,
+    Sample,
     group_for_packing,
     normalize_text,
     pack_shared_prefix,
@@ -117,6 +118,24 @@ def test_budgets_are_never_exceeded(tok, w, seg, positions):
 def test_budget_error_when_segment_cannot_fit():
     with pytest.raises(ValueError, match="exceeds the model's 64 positions"):
         compute_budgets(context_window=32, segment_length=60, stride_fraction=0.375, max_positions=64, overhead=10)
+
+
+def test_a_token_budget_packs_many_short_replies_per_step():
+    """step_tokens: a step takes replies up to a token budget, so short QA answers share their context
+    many to a step while long segments stay few; prefixes never mix."""
+    def sample(prefix, reply_len):
+        ids = list(prefix) + [7] * reply_len
+        return Sample(ids, [IGNORE_INDEX] * len(prefix) + [7] * reply_len, len(prefix))
+
+    segments = [sample([1, 2, 3], 20) for _ in range(5)]
+    answers = [sample([4, 5], 5) for _ in range(9)]
+    mixed = [x for pair in zip(segments, answers) for x in pair] + answers[5:]
+    groups = group_for_packing(mixed, per_step=2, max_tokens=40)
+    assert [len(g) for g in groups if g[0].prefix_len == 3] == [2, 2, 1]  # 20 + 20 = 40 fits, a third would not
+    assert [len(g) for g in groups if g[0].prefix_len == 2] == [8, 1]  # per_step no longer counts
+    assert all(len({tuple(s.input_ids[: s.prefix_len]) for s in g}) == 1 for g in groups)
+    assert group_for_packing([sample([1], 50)], per_step=2, max_tokens=40) != []  # an oversize reply still trains
+    assert [len(g) for g in group_for_packing(answers, per_step=4)] == [4, 4, 1]
 
 
 def test_packing_groups_shared_prefixes(tok):

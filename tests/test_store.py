@@ -137,6 +137,22 @@ def test_unsupported_manifest_version_is_refused(tmp_path):
         store.manifest(m.doc_id, m.variant)
 
 
+def test_manifests_written_before_the_stop_rule_still_read(tmp_path):
+    """Format 1 manifests from before the per-epoch log: per-stage metrics, no checks."""
+    store = AdapterStore(str(tmp_path / "store"))
+    m, files = _manifest(tmp_path)
+    store.publish(m, TEXT, files)
+    path = tmp_path / "store" / "docs" / m.doc_id / "adapters" / m.variant / MANIFEST
+    data = json.loads(path.read_text())
+    for key in ("max_epochs", "stop_reason", "epoch_log"):
+        del data["training"][key]
+    data["training_stages"] = [dict(data["training"])]
+    path.write_text(json.dumps(data))
+    old = store.manifest(m.doc_id, m.variant)
+    assert old.training.epoch_log == [] and old.training.stop_reason is None
+    assert old.training_stages[0].epoch_losses == [1.0]
+
+
 def test_text_must_match_the_manifest(tmp_path):
     store = AdapterStore(str(tmp_path / "store"))
     m, files = _manifest(tmp_path)

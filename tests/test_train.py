@@ -3,9 +3,9 @@ import torch
 
 from conftest import LONG_TEXT
 from lift_ray.adapters import attach_adapter
-from lift_ray.config import TrainConfig
-from lift_ray.segments import chat_format, pack_shared_prefix, segment_samples
-from lift_ray.train import packed_loss, train_adapter
+from lift_ray.config import LoraAdapterConfig, TrainConfig
+from lift_ray.segments import IGNORE_INDEX, Sample, build_prompt_ids, chat_format, pack_groups, pack_shared_prefix, segment_samples
+from lift_ray.train import Stage, knowledge_check, packed_loss, target_logits, train_adapter, train_schedule
 
 
 def _samples(loaded, cfg):
@@ -58,7 +58,7 @@ def test_training_is_seeded_and_reproducible(tiny_loaded, tiny_config):
 
 def test_loss_falls_and_metrics_add_up(tiny_loaded, tiny_config):
     samples = _samples(tiny_loaded, tiny_config)
-    metrics, _ = _train(tiny_loaded, tiny_config, samples, epochs=4, samples_per_step=2)
+    metrics, _ = _train(tiny_loaded, tiny_config, samples, epochs=4, samples_per_step=2, step_tokens=0)
     assert metrics.epoch_losses[-1] < metrics.epoch_losses[0]
     assert metrics.samples == len(samples)
     assert metrics.steps == 4 * ((len(samples) + 1) // 2)
@@ -72,5 +72,171 @@ def test_unresolved_config_is_refused(tiny_loaded, tiny_config):
     try:
         with pytest.raises(ValueError, match="not resolved"):
             train_adapter(handle, samples, TrainConfig(), progress=False)
+        with pytest.raises(ValueError, match="not resolved"):
+            train_adapter(handle, samples, tiny_config.train.model_copy(update={"min_epochs": None}), progress=False)
     finally:
         tiny_loaded.model = handle.detach()
+
+
+# --- the stop rule ------------------------------------------------------------------------------
+
+
+def _qa(loaded, questions_answers, view="Port Quillon is a harbour town. The keeper keeps a tortoise."):
+    """QA samples sharing one context view, as lift_ray.aux_qa.qa_samples builds them."""
+    tok = loaded.tokenizer
+    fmt = chat_format(tok)
+    view_ids = tok(view, add_special_tokens=False)["input_ids"]
+    out = []
+    for q, a in questions_answers:
+        asked = tok("\n\n" + q, add_special_tokens=False)["input_ids"]
+        prompt = build_prompt_ids(fmt, [*view_ids, *asked])
+        target = [*tok(a, add_special_tokens=False)["input_ids"], *fmt.reply_end]
+        out.append(Sample(prompt + target, [IGNORE_INDEX] * len(prompt) + target, len(fmt.user_start) + len(view_ids), "qa"))
+    return out
+
+
+PAIRS = [("who keeps the tortoise?", "the keeper"), ("what is Port Quillon?", "a harbour town"),
+         ("what is the tortoise named?", "Marlowe"), ("which number?", "0123")]
+
+
+def _stop_cfg(tiny_config, **update):
+    return tiny_config.train.model_copy(update={"early_stop": True, "stop_accuracy": 1.0, "min_epochs": 1,
+                                                "samples_per_step": 4, "learning_rate": 1e-2, **update})
+
+
+@pytest.fixture(scope="module")
+def fitting_model():
+    """A tiny Llama whose logits can sharpen: the default init (std 0.02) with tied embeddings keeps
+    every logit near zero, so no adapter can make its answers certain; std 0.1 lets LoRA fit them."""
+    from conftest import make_tiny_model, make_tokenizer
+
+    return make_tiny_model("llama", len(make_tokenizer()), initializer_range=0.1)
+
+
+def _run(model, cfg, stages, check):
+    torch.manual_seed(0)
+    handle = attach_adapter(model, LoraAdapterConfig(r=8, alpha=16, target_modules="all-linear"))
+    try:
+        return train_schedule(handle, stages, cfg, check_samples=check, progress=False)
+    finally:
+        handle.detach()
+
+
+def test_stop_rule_ends_training_once_the_pairs_are_known(tiny_loaded, tiny_config, fitting_model):
+    qa = _qa(tiny_loaded, PAIRS)
+    cfg = _stop_cfg(tiny_config)
+    metrics = _run(fitting_model, cfg, [Stage("QA", qa, 40)], qa)
+    checks = [r.check for r in metrics.epoch_log]
+    assert metrics.stop_reason == "known" and metrics.epochs < metrics.max_epochs == 40, checks
+    assert checks[-1].answer_accuracy == 1.0 and all(c.answer_accuracy < 1.0 for c in checks[:-1])
+    assert [c.epoch for c in checks] == list(range(1, metrics.epochs + 1))
+    assert metrics.steps == metrics.epochs  # 4 pairs, 4 per step: one step per epoch, none after the stop
+    # min_epochs holds training (and checking) back
+    later = _run(fitting_model, cfg.model_copy(update={"min_epochs": metrics.epochs + 3}), [Stage("QA", qa, 40)], qa)
+    assert later.epochs == metrics.epochs + 3 and later.stop_reason == "known"
+    assert [r.check is None for r in later.epoch_log] == [True] * (metrics.epochs + 2) + [False]
+
+
+def test_stop_rule_runs_to_the_maximum_when_the_pairs_cannot_be_known(tiny_loaded, tiny_config, fitting_model):
+    # The same question with two answers: greedy decoding can reproduce at most one of them.
+    qa = _qa(tiny_loaded, [("who keeps the tortoise?", "the keeper"), ("who keeps the tortoise?", "Marlowe")])
+    metrics = _run(fitting_model, _stop_cfg(tiny_config), [Stage("QA", qa, 6)], qa)
+    assert metrics.stop_reason == "max_epochs" and metrics.epochs == metrics.max_epochs == 6
+    assert all(r.check.answer_accuracy <= 0.5 for r in metrics.epoch_log)
+    # and with the rule off no check runs at all
+    off = _run(fitting_model, _stop_cfg(tiny_config, early_stop=False), [Stage("QA", qa, 2)], qa)
+    assert off.epochs == 2 and all(r.check is None for r in off.epoch_log)
+
+
+def test_stop_rule_spans_stages_and_skips_what_is_left(tiny_loaded, tiny_config, fitting_model):
+    qa = _qa(tiny_loaded, PAIRS)
+    segments = _samples(tiny_loaded, tiny_config)[:2]
+    metrics = _run(fitting_model, _stop_cfg(tiny_config, min_epochs=2), [Stage("segments", segments, 1), Stage("segments+QA", segments + qa, 40)], qa)
+    assert [r.stage for r in metrics.epoch_log][:2] == ["segments", "segments+QA"]
+    assert metrics.epoch_log[0].check is None and metrics.epoch_log[0].samples == 2
+    assert metrics.stop_reason == "known" and metrics.epochs < metrics.max_epochs == 41
+
+
+def test_knowledge_check_is_one_forward_and_agrees_with_greedy_decoding(tiny_loaded, tiny_config, fitting_model):
+    """The check never generates: one batched forward over every pair; what it calls known is what
+    greedy decoding answers exactly."""
+    qa = _qa(tiny_loaded, PAIRS)
+    torch.manual_seed(0)
+    handle = attach_adapter(fitting_model, LoraAdapterConfig(r=8, alpha=16, target_modules="all-linear"))
+    try:
+        # Train a little so that some pairs are known and some are not.
+        train_schedule(handle, [Stage("QA", qa, 3)], _stop_cfg(tiny_config, early_stop=False), progress=False)
+        module = handle.module
+        calls = {"forward": 0}
+        base = module.get_base_model() if hasattr(module, "get_base_model") else module
+        original = base.forward
+
+        def counting_forward(*args, **kwargs):
+            calls["forward"] += 1
+            return original(*args, **kwargs)
+
+        base.forward = counting_forward
+        module.generate = lambda *a, **k: pytest.fail("the knowledge check generated")
+        try:
+            check = knowledge_check(module, qa)
+        finally:
+            del base.forward
+            del module.generate
+        assert calls["forward"] == 1
+        assert check.pairs == 4 and check.tokens == sum(s.num_target_tokens for s in qa)
+
+        known = 0
+        for s in qa:
+            prompt = torch.tensor([s.input_ids[: len(s.input_ids) - s.num_target_tokens]])
+            with torch.no_grad():
+                out = module.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                      max_new_tokens=s.num_target_tokens, min_new_tokens=s.num_target_tokens,
+                                      pad_token_id=0, eos_token_id=None)
+            known += out[0, prompt.shape[1]:].tolist() == s.input_ids[-s.num_target_tokens:]
+        assert 0 < known < len(qa), "pick a training length that leaves the pairs partly known"
+        assert check.answer_accuracy == known / len(qa)
+    finally:
+        handle.detach()
+
+
+def test_pack_groups_gives_each_group_its_own_logits(tiny_loaded, tiny_config):
+    """Two prefixes in one sequence (the check of pairs with different views): same logits as apart."""
+    a = _qa(tiny_loaded, PAIRS[:2])
+    b = _qa(tiny_loaded, PAIRS[2:], view="Another view of the document, 0123456789.")
+    model = tiny_loaded.model
+    with torch.no_grad():
+        together = target_logits(model, pack_groups([a, b]))
+        apart = torch.cat([target_logits(model, pack_shared_prefix(a)), target_logits(model, pack_shared_prefix(b))])
+    assert torch.allclose(together, apart, atol=1e-5)
+
+
+def test_bf16_autocast_trains_fp32_adapter_weights(tiny_loaded, tiny_config, fitting_model):
+    """train.autocast runs forward and backward in bf16 (AVX512-BF16 CPUs, GPUs); the adapter stays fp32."""
+    qa = _qa(tiny_loaded, PAIRS)
+    torch.manual_seed(0)
+    handle = attach_adapter(fitting_model, LoraAdapterConfig(r=8, alpha=16, target_modules="all-linear"))
+    seen = []
+    hook = fitting_model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        metrics = train_schedule(handle, [Stage("QA", qa, 4)], _stop_cfg(tiny_config, early_stop=False, autocast="bfloat16"), progress=False)
+        assert metrics.epoch_losses[-1] < metrics.epoch_losses[0]
+        assert all(p.dtype == torch.float32 for p in handle.trainable_parameters())
+        assert seen and set(seen) == {torch.bfloat16}
+    finally:
+        hook.remove()
+        handle.detach()
+
+
+def test_cosine_schedule_decays_to_a_tenth():
+    from lift_ray.train import _lr_schedule
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = _lr_schedule(opt, "cosine", 10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 1.0 and lrs == sorted(lrs, reverse=True) and opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    const = _lr_schedule(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0), "constant", 10)
+    assert const.get_last_lr() == [1.0]
