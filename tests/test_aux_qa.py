@@ -12,9 +12,6 @@ from conftest import chat_endpoint
 
 from lift_ray.aux_qa import (
     LLMQAGenerator,
-    LocalChatBackend,
-    OpenAIChatBackend,
-    PromptTooLong,
     QAPair,
     RuleQAGenerator,
     generate_pairs,
@@ -26,6 +23,7 @@ from lift_ray.aux_qa import (
     verify,
     verify_pairs,
 )
+from lift_ray.chat import LocalChatBackend, OpenAIChatBackend, PromptTooLong
 from lift_ray.config import AuxQAConfig, ConfigError, InferenceConfig, LiftConfig, SegmentConfig, build_config
 from lift_ray.infer import build_question_prompt
 from lift_ray.segments import IGNORE_INDEX, chat_format, pack_shared_prefix, truncate_middle
