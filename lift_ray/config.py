@@ -31,7 +31,7 @@ from lift_ray.modes import DEFAULT_MODE, Mode
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
 Profile = Literal["auto", "small", "large"]
-QAGeneratorKind = Literal["none", "rules", "llm"]
+QAGeneratorKind = Literal["none", "rules", "templates", "llm"]
 
 
 class ConfigError(ValueError):
