@@ -114,11 +114,11 @@ def test_rules_ask_each_fact_from_several_directions():
         ("What is a river town in the province of Castelan?", "Velmora"),
         ("Who was the glassworks of Velmora built by?", "Ilse Brandt"),
         ("When was the building completed?", "1887"),
-        ("What is the main furnace called?", "the Red Mouth"),
+        ("What is the main furnace called?", "Red Mouth"),
         ("How many times must each apprentice polish the lenses before the exam?", "forty times"),
         ("What are the windows made from?", "river sand"),
         ("How many furnaces does the workshop have?", "twelve furnaces"),
-        ("When do the glassblowers meet?", "the last Friday of every month"),
+        ("When do the glassblowers meet?", "last Friday of every month"),
         ("Fill in the blank from the document: The building was completed in ____.", "1887"),
     }
     assert expected <= qa, expected - qa

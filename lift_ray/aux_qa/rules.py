@@ -77,12 +77,16 @@ def load_pipeline():
 
 def _trim(span):
     """A span without leading determiners/possessives or trailing punctuation (the answer to give)."""
-    start, end = span.start, span.end
-    while start < end and span.doc[start].is_punct:
+    doc, start, end = span.doc, span.start, span.end
+    while start < end - 1 and (doc[start].is_punct or doc[start].dep_ in ("det", "poss") or doc[start].pos_ == "DET"):
         start += 1
-    while end > start and (span.doc[end - 1].is_punct and span.doc[end - 1].text not in ")%"):
+    while end > start and (doc[end - 1].is_punct and doc[end - 1].text not in ")%"):
         end -= 1
-    return span.doc[start:end]
+    words = [t.text for t in doc[start:end]]
+    if words.count("(") != words.count(")"):  # "the League (AFL" → "the League"
+        cut = next(i for i, w in enumerate(words) if w in "()")
+        end = start + max(cut, 1)
+    return doc[start:end]
 
 
 def fact_spans(sent) -> list:
@@ -425,7 +429,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 2  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 3  # bump when the rules change, so cached pairs are regenerated
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2):
         self.max_pairs = max_pairs
