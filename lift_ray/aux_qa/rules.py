@@ -117,9 +117,14 @@ def fact_spans(sent) -> list:
             found.append(_trim(doc[start : tok.i + 1]))
     for chunk in sent.noun_chunks:
         if chunk.root.dep_ in ("dobj", "attr", "oprd", "pobj", "nsubj", "nsubjpass", "appos") and chunk.root.pos_ in ("NOUN", "PROPN"):
-            words = [t for t in chunk if t.dep_ not in ("det", "poss") and not t.is_punct]
+            words = [t for t in chunk if t.dep_ not in ("det", "poss", "case") and not t.is_punct]
             if words and len(words) <= MAX_ANSWER_WORDS:
                 found.append(doc[words[0].i : words[-1].i + 1])
+    root = sent.root
+    if root.lemma_ == "be":  # what a definition states: "X is cardamom", "X is 40 metres long"
+        for comp in root.children:
+            if comp.dep_ in ("attr", "acomp") and comp.right_edge.i - comp.left_edge.i < 4 and not any(t.dep_ in _CLAUSE_BREAKS - {"punct"} for t in comp.subtree):
+                found.append(_trim(doc[comp.left_edge.i : comp.right_edge.i + 1]))
     found = [_with_unit(s) for s in found if len(s)]
     spans = []
     for span in sorted((s for s in found if len(s) and s.text.strip()), key=lambda s: (-len(s.text), s.start)):
@@ -313,14 +318,14 @@ def _clauses(sent, ctx: _Context) -> Iterator[_Clause]:
 def _wh(fact, part, label: str) -> tuple[str, str]:
     """(question word(s), stranded preposition) to ask for ``fact`` inside the constituent ``part``."""
     prep = part.lower_ if part.dep_ in ("prep", "agent") else ""
+    counted = _counted(fact)
+    if counted is not None and counted.ent_type_ not in _TEMPORAL:  # "twelve furnaces", "7421 gold coins"
+        return f"How many {counted.text}", prep
     if label in _TEMPORAL:
-        counted = any(c.dep_ == "nummod" for c in fact.root.children) and fact.root.tag_ == "NNS"
-        return ("How long", "") if counted else ("When", "")
+        duration = counted is not None and counted.tag_ == "NNS"  # "eleven years", not "the spring of 1598"
+        return ("How long", "") if duration else ("When", "")
     if prep and label in _PLACES:
         return "Where", ""
-    counted = _counted(fact)
-    if label == "CARDINAL" and counted is not None:
-        return f"How many {counted.text}", prep
     if label in ("QUANTITY", "MONEY", "PERCENT") and part.dep_ == "dobj":
         return "How much", ""
     who = label in _PERSONAL or (fact.root.pos_ == "PRON" and fact.root.lower_ in ("he", "she"))
@@ -391,7 +396,7 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
             if not _reaches(fact, subj) or subj.pos_ == "PRON" or any(t.pos_ == "PRON" for t in fact):
                 continue
             wh = "Who" if label in _PERSONAL else "What"
-            if label == "CARDINAL" and (counted := _counted(fact)) is not None:
+            if (counted := _counted(fact)) is not None and counted.ent_type_ not in _TEMPORAL:
                 wh = f"How many {counted.text}"
             out.append((_question(f"{wh} {clause.declarative_tail()}"), _answer(fact, subj, wh), "subject"))
             continue
@@ -429,7 +434,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 3  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 5  # bump when the rules change, so cached pairs are regenerated
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2):
         self.max_pairs = max_pairs
@@ -519,7 +524,8 @@ class RuleQAGenerator:
         for fact in facts_all:
             if (q := cloze(sentence, fact.text, hint)) is not None:
                 candidates.append((q, fact.text, "cloze"))
-        strong |= {f.text for f in facts_all if _salient(f)}
+        # names, numbers, dates, codes, and what the sentence's main verb states ("… is cardamom")
+        strong |= {f.text for f in facts_all if _salient(f) or (f.root.head == f.root.sent.root and f.root.dep_ in ("attr", "acomp", "dobj", "oprd"))}
         return self._select(candidates, sentence, index, strong) + ([reverse] if reverse else [])
 
     def heading_pairs(self, sentence: str, doc, index: int) -> list[QAPair]:
