@@ -8,7 +8,7 @@ mode, plus the whole document in context (``full``: icl with a window as long as
 ceiling). Scoring is answer containment (a normalised reference answer appears in the answer).
 Modes that use no adapter are answered once per document and shared by every configuration.
 
-    python benchmarks/quality.py --qa templates,rules --seeds 0,1            # the full table
+    python benchmarks/quality.py --qa none,rules --seeds 0,1                 # the full table
     python benchmarks/quality.py --qa rules --docs 6 --seeds 0               # a quick subset
     python benchmarks/quality.py --qa rules --styles narrative,table --threads 1 --out q.json
 
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--devset", type=Path, default=DEVSET)
     parser.add_argument("--docs", help="a number (the first N, mixing styles) or comma-separated document ids")
     parser.add_argument("--styles", help="only these styles (narrative,encyclopedic,handbook,interview,table,squad)")
-    parser.add_argument("--qa", default="rules", help="auxiliary QA generators to compare (e.g. templates,rules)")
+    parser.add_argument("--qa", default="rules", help="auxiliary QA generators to compare (e.g. none,rules)")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--adapter", default="lora")
     parser.add_argument("--context-window", type=int, default=128)

@@ -9,7 +9,6 @@ Modules, by concern:
 
 * :mod:`~lift_ray.aux_qa.evidence` — sentence splitting and the evidence check every pair passes.
 * :mod:`~lift_ray.aux_qa.rules` — the offline generator (no model, a spaCy parse), for small base models.
-* :mod:`~lift_ray.aux_qa.templates` — the first offline generator, kept to measure against.
 * :mod:`~lift_ray.aux_qa.llm` — a chat model writes the pairs (the paper's recipe), through
   :mod:`lift_ray.chat`.
 * :mod:`~lift_ray.aux_qa.cache` — verified pairs per document and generator settings, on disk.
@@ -32,11 +31,10 @@ from lift_ray.aux_qa.llm import LLMQAGenerator, parse_json_lines
 from lift_ray.aux_qa.pairs import CACHE_VERSION, AuxQAError, QAGenerator, QAPair, QAReport
 from lift_ray.aux_qa.rules import RuleQAGenerator
 from lift_ray.aux_qa.samples import qa_samples
-from lift_ray.aux_qa.templates import TemplateQAGenerator
 from lift_ray.chat import ChatBackend, LocalChatBackend, OpenAIChatBackend
 
 __all__ = [
-    "CACHE_VERSION", "AuxQAError", "LLMQAGenerator", "QAGenerator", "QAPair", "QAReport", "RuleQAGenerator", "TemplateQAGenerator",
+    "CACHE_VERSION", "AuxQAError", "LLMQAGenerator", "QAGenerator", "QAPair", "QAReport", "RuleQAGenerator",
     "answer_supported", "generate_pairs", "generate_report", "locate_evidence", "make_generator",
     "normalize_question", "parse_json_lines", "parse_report", "qa_samples", "split_paragraphs", "split_sentences",
     "spread", "verify", "verify_pairs",
@@ -59,8 +57,6 @@ def make_generator(cfg, *, loaded=None) -> QAGenerator | None:
         return None
     if cfg.generator == "rules":
         return RuleQAGenerator(max_pairs=cfg.max_pairs, max_pairs_per_sentence=cfg.max_pairs_per_sentence)
-    if cfg.generator == "templates":
-        return TemplateQAGenerator(max_pairs=cfg.max_pairs, max_pairs_per_sentence=cfg.max_pairs_per_sentence)
     if cfg.llm_endpoint:
         if not cfg.llm_model:
             raise ValueError("aux_qa.llm_model is required with aux_qa.llm_endpoint")
