@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lift_ray.demo import is_correct
+from lift_ray.evaluate.metrics import is_correct
 
 DATA = Path(__file__).resolve().parent / "data"
 
