@@ -1,12 +1,19 @@
-"""Answer quality on the beyond-window fact test: adapter kind × auxiliary QA × mode, in one run.
+"""Answer quality on the development set: per document, per mode, beyond and inside the window.
 
-Each configuration absorbs the shipped fictional sample document (about 6x a 128-token window)
-with the default settings except the two varied here, then answers the sample questions: five
-whose facts lie outside the head+tail window ("beyond") and two inside it ("inside"). Scoring is
-keyword recall. `icl` does not depend on the adapter, so it is the same in every row.
+The development set (``benchmarks/data/devset.jsonl``, built by ``python -m lift_ray.evaluate.make_devset``)
+holds SQuAD articles with human questions and fictional documents in five styles whose planted
+facts are each asked directly and paraphrased. Each configuration (auxiliary QA generator × seed,
+the rest the default profile) absorbs every document, then answers every question in each answer
+mode, plus the whole document in context (``full``: icl with a window as long as the document, the
+ceiling). Scoring is answer containment (a normalised reference answer appears in the answer).
+Modes that use no adapter are answered once per document and shared by every configuration.
 
-    python benchmarks/quality.py                                   # the full table (~10-15 min on 2 cores)
-    python benchmarks/quality.py --adapters lora --qa none,rules --seeds 0,1
+    python benchmarks/quality.py --qa none,rules --seeds 0,1                 # the full table
+    python benchmarks/quality.py --qa rules --docs 6 --seeds 0               # a quick subset
+    python benchmarks/quality.py --qa rules --styles narrative,table --threads 1 --out q.json
+
+Per document it prints ``beyond direct · beyond paraphrased · inside`` hits per mode (SQuAD: beyond ·
+inside), then totals per style and the issue's targets.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import json
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -23,85 +31,156 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lift_ray.config import build_config  # noqa: E402
-from lift_ray.demo import is_correct, sample_document, sample_questions  # noqa: E402
+from lift_ray.config import build_config, resolve_config  # noqa: E402
+from lift_ray.evaluate.metrics import contains_answer  # noqa: E402
 from lift_ray.infer import LiftEngine  # noqa: E402
+from lift_ray.modes import COMPARE_MODES, MODE_TITLES, uses_adapter  # noqa: E402
 from lift_ray.store import AdapterStore  # noqa: E402
 
-MODES = ("icl", "lift", "lift+icl")
+DEVSET = REPO / "benchmarks" / "data" / "devset.jsonl"
+FULL = "full"  # whole-document ICL: the ceiling
+BUCKETS = ("beyond-direct", "beyond-paraphrase", "beyond-squad", "inside")
 
 
-def evaluate(engine: LiftEngine, doc_id: str) -> dict:
-    scores = {mode: {"beyond": 0, "inside": 0} for mode in MODES}
-    answers = []
-    for q in sample_questions():
-        for mode in MODES:
-            ans = engine.answer(q["question"], doc_id, mode)
-            ok = is_correct(ans.answer, q["keywords"])
-            scores[mode][q["where"]] += ok
-            answers.append({"mode": mode, "where": q["where"], "question": q["question"], "ok": ok, "answer": ans.answer})
-    return {"scores": scores, "answers": answers}
+def bucket(q: dict) -> str:
+    if q["where"] == "inside":
+        return "inside"
+    return f"beyond-{q['kind']}" if q["kind"] in ("direct", "paraphrase") else "beyond-squad"
+
+
+def load_devset(path: Path, docs: str | None, styles: str | None) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if styles:
+        wanted = set(styles.split(","))
+        rows = [r for r in rows if r["style"] in wanted]
+    if docs:
+        if docs.isdigit():  # the first N, taken round-robin over styles so a subset still mixes kinds
+            by_style: dict[str, list[dict]] = defaultdict(list)
+            for r in rows:
+                by_style[r["style"]].append(r)
+            mixed = [r for group in zip(*[iter(v) for v in by_style.values()]) for r in group] if by_style else []
+            rest = [r for r in rows if r not in mixed]
+            rows = (mixed + rest)[: int(docs)]
+        else:
+            ids = docs.split(",")
+            rows = [r for r in rows if r["id"] in ids]
+    return rows
+
+
+def configure(engine: LiftEngine | None, overrides: dict, store: AdapterStore) -> LiftEngine:
+    cfg = build_config(None, overrides)
+    if engine is None:
+        return LiftEngine.from_config(cfg, store=store)
+    engine.detach()  # keep the base model resident; only the settings change
+    engine.config = resolve_config(cfg, num_params=engine.loaded.num_params, max_positions=engine.loaded.max_positions,
+                                   on_cuda=engine.loaded.device.type == "cuda")
+    engine.store = store
+    return engine
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--adapters", default="gated_memory,lora")
-    parser.add_argument("--qa", default="none,rules", help="auxiliary QA generators to compare")
+    parser.add_argument("--devset", type=Path, default=DEVSET)
+    parser.add_argument("--docs", help="a number (the first N, mixing styles) or comma-separated document ids")
+    parser.add_argument("--styles", help="only these styles (narrative,encyclopedic,handbook,interview,table,squad)")
+    parser.add_argument("--qa", default="rules", help="auxiliary QA generators to compare (e.g. none,rules)")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--adapter", default="lora")
     parser.add_argument("--context-window", type=int, default=128)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=JSON",
+                        help="extra config override, e.g. aux_qa.max_pairs_per_sentence=4 (repeatable)")
     parser.add_argument("--model", default=None)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=None, help="write the per-question answers as JSON here")
+    parser.add_argument("--out", type=Path, help="write every answer as JSON here (rewritten after each document)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    n_beyond = sum(q["where"] == "beyond" for q in sample_questions())
-    n_inside = sum(q["where"] == "inside" for q in sample_questions())
-    rows, details = [], []
-    engine = None
-    for kind in args.adapters.split(","):
-        for qa in args.qa.split(","):
-            for seed in [int(s) for s in args.seeds.split(",")]:
-                overrides = {
-                    "segments": {"context_window": args.context_window},
-                    "adapter": {"kind": kind},
-                    "aux_qa": {"generator": qa},
-                    "train": {"seed": seed},
-                    "inference": {"max_new_tokens": 32},
-                }
-                if args.model:
-                    overrides["model"] = {"name_or_path": args.model}
-                cfg = build_config(None, overrides)
-                store = AdapterStore(tempfile.mkdtemp(prefix="lift-ray-quality-"))
-                if engine is None:
-                    engine = LiftEngine.from_config(cfg, store=store)
-                else:  # keep the base model resident; only the settings change
-                    from lift_ray.config import resolve_config
+    docs = load_devset(args.devset, args.docs, args.styles)
+    extra: dict = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        section, _, field = key.partition(".")
+        extra.setdefault(section, {})[field] = json.loads(value)
 
-                    engine.detach()
-                    engine.config = resolve_config(cfg, num_params=engine.loaded.num_params,
-                                                   max_positions=engine.loaded.max_positions,
-                                                   on_cuda=engine.loaded.device.type == "cuda")
-                    engine.store = store
+    engine = None
+    baseline: dict[tuple[str, int], dict] = {}  # (doc id, question index) -> answers of the modes without adapter
+    results = []
+    for qa in args.qa.split(","):
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            overrides = {
+                "segments": {"context_window": args.context_window},
+                "adapter": {"kind": args.adapter},
+                "aux_qa": {"generator": qa},
+                "train": {"seed": seed},
+                "inference": {"max_new_tokens": 32},
+                **({"model": {"name_or_path": args.model}} if args.model else {}),
+            }
+            for section, fields in extra.items():
+                overrides.setdefault(section, {}).update(fields)
+            store = AdapterStore(tempfile.mkdtemp(prefix="lift-ray-quality-"))
+            engine = configure(engine, overrides, store)
+            for doc in docs:
                 start = time.perf_counter()
-                result = engine.absorb(sample_document(), progress=False)
+                absorbed = engine.absorb(doc["input"], progress=False)
                 absorb_s = time.perf_counter() - start
-                ev = evaluate(engine, result.doc_id)
+                full_window = doc["num_tokens"] + 16
+                row = {"doc": doc["id"], "style": doc["style"], "qa": qa, "seed": seed, "absorb_s": round(absorb_s, 1),
+                       "qa_pairs": len(absorbed.qa_pairs), "hits": defaultdict(lambda: defaultdict(int)),
+                       "totals": defaultdict(int), "answers": []}
+                for i, q in enumerate(doc["qa_pairs"]):
+                    b = bucket(q)
+                    row["totals"][b] += 1
+                    for mode in (*COMPARE_MODES, FULL):
+                        if mode == FULL or not uses_adapter(mode):
+                            key = (doc["id"], i, mode)
+                            if key not in baseline:
+                                window = full_window if mode == FULL else None
+                                baseline[key] = engine.answer(q["Q"], absorbed.doc_id, "icl" if mode == FULL else mode,
+                                                              context_window=window).answer
+                            answer = baseline[key]
+                        else:
+                            answer = engine.answer(q["Q"], absorbed.doc_id, mode).answer
+                        ok = bool(contains_answer(answer, q["A"]))
+                        row["hits"][mode][b] += ok
+                        row["answers"].append({"q": q["Q"], "bucket": b, "mode": mode, "ok": ok, "answer": answer, "ref": q["A"]})
                 engine.detach()
-                s = ev["scores"]
-                row = {"adapter": kind, "aux_qa": qa, "seed": seed, "absorb_s": round(absorb_s, 1),
-                       "qa_pairs": len(result.qa_pairs), **{f"{m}_beyond": s[m]["beyond"] for m in MODES},
-                       **{f"{m}_inside": s[m]["inside"] for m in MODES}}
-                rows.append(row)
-                details.append({**row, "answers": ev["answers"]})
-                print(json.dumps(row), file=sys.stderr, flush=True)
-    print(f"\nbeyond-window facts (of {n_beyond}) / inside-window facts (of {n_inside}), W={args.context_window}\n")
-    print("| adapter | aux QA | seed | QA pairs | absorb s | icl | lift | lift+icl |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        cells = " | ".join(f"{r[f'{m}_beyond']}/{n_beyond} · {r[f'{m}_inside']}/{n_inside}" for m in MODES)
-        print(f"| {r['adapter']} | {r['aux_qa']} | {r['seed']} | {r['qa_pairs']} | {r['absorb_s']} | {cells} |")
-    if args.out:
-        Path(args.out).write_text(json.dumps(details, indent=2))
+                results.append(row)
+                print(json.dumps({k: row[k] for k in ("doc", "qa", "seed", "absorb_s", "qa_pairs")}
+                                 | {m: dict(row["hits"][m]) for m in (*COMPARE_MODES, FULL)}), file=sys.stderr, flush=True)
+                if args.out:
+                    args.out.write_text(json.dumps(results, indent=1, default=dict))
+    print_tables(results, args.context_window)
+
+
+def _cell(hits: dict, totals: dict, buckets) -> str:
+    return " · ".join(f"{hits.get(b, 0)}/{totals[b]}" for b in buckets if totals.get(b))
+
+
+def print_tables(results: list[dict], window: int) -> None:
+    modes = (*COMPARE_MODES, FULL)
+    titles = {**MODE_TITLES, FULL: "whole doc (ceiling)"}
+    print(f"\nPer document, W={window}: hits beyond (direct · paraphrased, or SQuAD) · inside\n")
+    print("| document | QA | seed | pairs | absorb s | " + " | ".join(titles[m] for m in modes) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(modes))
+    for r in results:
+        buckets = [b for b in BUCKETS if r["totals"].get(b)]
+        cells = " | ".join(_cell(r["hits"][m], r["totals"], buckets) for m in modes)
+        print(f"| {r['doc']} | {r['qa']} | {r['seed']} | {r['qa_pairs']} | {r['absorb_s']} | {cells} |")
+    print("\nPer style (all documents and seeds of each configuration), % of questions answered\n")
+    print("| style | QA | bucket | n | " + " | ".join(titles[m] for m in modes) + " |")
+    print("|---|---|---|---|" + "---|" * len(modes))
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in results:
+        groups[(r["style"], r["qa"])].append(r)
+    for (style, qa), rows in sorted(groups.items()):
+        for b in BUCKETS:
+            n = sum(r["totals"].get(b, 0) for r in rows)
+            if not n:
+                continue
+            cells = " | ".join(f"{100 * sum(r['hits'][m].get(b, 0) for r in rows) / n:.0f}" for m in modes)
+            print(f"| {style} | {qa} | {b} | {n} | {cells} |")
+    fewer = [r["doc"] + f" ({r['qa']}, seed {r['seed']})" for r in results
+             if r["hits"]["lift+icl"].get("inside", 0) < r["hits"]["icl"].get("inside", 0)]
+    print(f"\nDocuments where LIFT+ICL answers fewer inside-window questions than ICL: {', '.join(fewer) or 'none'}")
 
 
 if __name__ == "__main__":

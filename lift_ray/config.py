@@ -94,12 +94,14 @@ class AuxQAConfig(_Base):
 
     generator: QAGeneratorKind | None = Field(
         None,
-        description="Who writes the QA pairs: 'none' (segments only), 'rules' (offline sentence rules, for "
-        "small models), 'llm' (a chat model writes them; checked against the text). None: the profile's choice.",
+        description="Who writes the QA pairs: 'none' (segments only), 'rules' (offline, from a spaCy parse of each "
+        "sentence: subject-side, object-side and cloze questions; for small models), 'llm' (a chat model writes "
+        "them; checked against the text). None: the profile's choice.",
     )
     max_pairs: int = Field(64, ge=1, description="At most this many verified QA pairs per document, spread over it.")
     max_pairs_per_sentence: int = Field(
-        2, ge=1, description="Rule generator: at most this many pairs from one sentence (the AT density)."
+        2, ge=1, description="Rule generator: pairs per sentence (the AT density); every name, number, date, code "
+        "and main-verb complement of a sentence still gets one.",
     )
     sentences_per_window: int = Field(
         16, ge=1, description="LLM generator: consecutive sentences shown to the model per request (paper: ~16)."

@@ -12,9 +12,6 @@ from conftest import chat_endpoint
 
 from lift_ray.aux_qa import (
     LLMQAGenerator,
-    LocalChatBackend,
-    OpenAIChatBackend,
-    PromptTooLong,
     QAPair,
     RuleQAGenerator,
     generate_pairs,
@@ -26,6 +23,7 @@ from lift_ray.aux_qa import (
     verify,
     verify_pairs,
 )
+from lift_ray.chat import LocalChatBackend, OpenAIChatBackend, PromptTooLong
 from lift_ray.config import AuxQAConfig, ConfigError, InferenceConfig, LiftConfig, SegmentConfig, build_config
 from lift_ray.infer import build_question_prompt
 from lift_ray.segments import IGNORE_INDEX, chat_format, pack_shared_prefix, truncate_middle
@@ -79,84 +77,102 @@ def test_split_sentences_keeps_abbreviations_decimals_and_headings():
 
 # --- rule generator --------------------------------------------------------------------------------
 
+STYLES = Path(__file__).resolve().parent / "data" / "styles"
+STYLE_NAMES = ["narrative", "encyclopedic", "handbook", "interview", "table"]
 
-def test_rules_on_a_made_up_paragraph():
-    raw, kept, dropped = _pairs(GLASSWORKS)
-    assert dropped == 0 and len(kept) == len(raw)
+
+def _style(name):
+    text = (STYLES / f"{name}.txt").read_text(encoding="utf-8")
+    return text, json.loads((STYLES / f"{name}.json").read_text())["facts"]
+
+
+@pytest.mark.parametrize("style", STYLE_NAMES)
+def test_rules_cover_every_planted_fact_of_each_style(style):
+    """Fixture documents written for this test (none is the sample document, none shaped the rules'
+    code): every planted name, number, date and code is the answer of a verified pair."""
+    text, facts = _style(style)
+    sentences = split_sentences(text)
+    raw, kept, dropped = _pairs(text)
+    for fact in facts:
+        assert any(fact.casefold() in p.answer.casefold() for p in kept), f"no pair answers {fact!r}"
+    by_question: dict[str, set[str]] = {}
+    for p in kept:
+        assert " ".join(p.answer.split()).casefold() in " ".join(p.evidence.split()).casefold(), p
+        assert p.evidence == sentences[p.sentence_index]
+        assert p.question.endswith("?") or (p.question.startswith("Fill in the blank") and p.question.count("____") == 1), p.question
+        assert len(p.answer.split()) <= 8 and len(p.question.split()) <= 60
+        by_question.setdefault(p.question.casefold(), set()).add(p.answer.casefold())
+    assert all(len(answers) == 1 for answers in by_question.values()), "a question with two answers"
+    assert len(raw) - len(kept) <= 2  # the generator writes pairs that pass its own check
+
+
+def test_rules_ask_each_fact_from_several_directions():
+    """Subject side, object side (with the auxiliary inverted or do-support) and cloze, on plain prose."""
+    raw, kept, _ = _pairs(GLASSWORKS, max_pairs_per_sentence=6)
     qa = {(p.question, p.answer) for p in kept}
     expected = {
-        ("In which province is Velmora?", "Castelan"),
-        ("Who built the glassworks of Velmora?", "Ilse Brandt"),
+        ("What is a river town in the province of Castelan?", "Velmora"),
+        ("Who was the glassworks of Velmora built by?", "Ilse Brandt"),
         ("When was the building completed?", "1887"),
-        ("What is the main furnace called?", "the Red Mouth"),
-        ("What is the name of the grey parrot that the owner keeps?", "Pip"),
-        ("What does the best apprentice receive?", "a silver medal"),
-        ("How many times must each apprentice polish the lenses?", "forty times"),
+        ("What is the main furnace called?", "Red Mouth"),
+        ("How many times must each apprentice polish the lenses before the exam?", "forty times"),
         ("What are the windows made from?", "river sand"),
         ("How many furnaces does the workshop have?", "twelve furnaces"),
-        ("When do the glassblowers meet?", "on the last Friday of every month"),
-        ("How long did the first kiln take to build?", "three winters"),
+        ("When do the glassblowers meet?", "last Friday of every month"),
+        ("Fill in the blank from the document: The building was completed in ____.", "1887"),
     }
     assert expected <= qa, expected - qa
-    for p in kept:
-        assert p.question[0].isupper() and p.question.endswith("?")
-        assert p.evidence == split_sentences(GLASSWORKS)[p.sentence_index]
-        assert p.generator.startswith("rules:")
-    # the density setting caps pairs per sentence
+    directions = {p.generator for p in kept}
+    assert {"rules:subject", "rules:object", "rules:cloze"} <= directions
+    # one fact, three directions: "1887" is asked for, and asked about from its subject
+    assert {p.generator for p in kept if "1887" in p.answer} >= {"rules:object", "rules:cloze"}
+    assert any(p.generator == "rules:subject" and "1887" in p.question for p in kept)
+    # the density setting caps pairs per sentence, but never below one pair per name or number
     _, one, _ = _pairs(GLASSWORKS, max_pairs_per_sentence=1)
-    assert max(sum(p.sentence_index == i for p in one) for i in range(20)) == 1
+    per_fact = [(p.sentence_index, p.answer) for p in one]
+    assert len(per_fact) == len(set(per_fact)), "with a cap of one, no fact gets a second pair"
+    assert {"1887", "Ilse Brandt", "Velmora"} <= {p.answer for p in one}
+    assert len(kept) > len(one)
 
 
-def test_rules_resolve_pronouns_and_read_clauses():
+def test_rules_name_the_subject_of_pronouns_and_table_rows():
     text = (
         "The Orchard Society was established in 1923 by three sisters from Kelby. Its president is a retired "
-        "pilot named Agnes Moor. She has written two books about grafting. When the harvest fails, the members "
-        "share their stores. The cider is made from wild apples, and the labels are printed in Dunmore. The first "
-        "trees were planted on the southern slope. Every October the society elects a new treasurer."
+        "pilot named Agnes Moor. She has written two books about grafting.\n\n"
+        "Ship: Lantern Gull\nPort: Avesby\nCrew: 14\n\nShip: Grey Finch\nPort: Morrow\nCrew: 9\n"
     )
-    _, kept, dropped = _pairs(text)
+    _, kept, dropped = _pairs(text, max_pairs_per_sentence=6)
     qa = {(p.question, p.answer) for p in kept}
     expected = {
-        ("Who established the Orchard Society in 1923?", "three sisters from Kelby"),
-        ("When was the Orchard Society established?", "1923"),
-        ("What is the name of the president of the Orchard Society?", "Agnes Moor"),  # "Its" resolved
-        ("How many books has Agnes Moor written?", "two books"),  # "She" resolved
-        ("What happens when the harvest fails?", "the members share their stores"),
-        ("What is the cider made from?", "wild apples"),
-        ("Where are the labels printed?", "in Dunmore"),  # the second clause of the sentence
-        ("Where were the first trees planted?", "on the southern slope"),
-        ("When does the society elect a new treasurer?", "Every October"),
+        ("When was the Orchard Society established by three sisters from Kelby?", "1923"),
+        ("How many books has Agnes Moor written about grafting?", "two books"),  # "She" resolved
+        ("What is the crew of Lantern Gull?", "14"),  # a row's first value names it
+        ("Which ship has the port Morrow?", "Grey Finch"),  # and the row asked from its other side
     }
     assert dropped == 0 and expected <= qa, expected - qa
+    # "What is the ship?" would have two answers: such questions are dropped, not guessed
+    assert not [p for p in kept if p.question.startswith("What is the ship")]
+    assert not [p for p in kept if p.question.split()[1:2] == ["she"] or " its " in p.question]
 
 
 def test_rules_fall_back_to_cloze():
     text = "In winter, when the winds blow for weeks, the people of Norrow Vale mend their nets since 1702."
     raw, kept, _ = _pairs(text)
-    assert kept and all(p.generator == "rules:cloze" for p in kept)
-    assert {p.answer for p in kept} == {"Norrow Vale", "1702"}
-    assert all("____" in p.question and p.answer not in p.question for p in kept)
-
-
-def test_rules_cover_the_beyond_window_facts_of_the_sample_document():
-    """Quality check: real questions whose answers are the five facts the sample asks about."""
-    raw, kept, dropped = _pairs(SAMPLE)
-    assert dropped == 0 and len(kept) >= 30
-    facts = {
-        "Tobias Wrenfield": "lighthouse",
-        "Marlowe": "tortoise",
-        "the Salted Anchor": "tavern",
-        "the Gull Maiden": "ferry",
-        "a copper kettle": "win",
-    }
-    for answer, topic in facts.items():
-        hits = [p for p in kept if p.answer == answer]
-        assert hits, f"no pair answers {answer!r}"
-        assert any(p.generator != "rules:cloze" and topic in p.question.lower() for p in hits), hits
+    answers = {p.answer for p in kept}
+    assert {"Norrow Vale", "1702"} <= answers
     for p in kept:
-        assert p.question.endswith("?") or p.generator == "rules:cloze"
-        assert len(p.answer.split()) <= 16
-        assert len(p.question) < 300
+        assert p.answer not in p.question
+        assert p.question.endswith("?") or p.question.count("____") == 1
+
+
+def test_rules_missing_parser_names_the_install(monkeypatch):
+    from lift_ray.aux_qa import rules
+
+    rules.load_pipeline.cache_clear()
+    monkeypatch.setattr(rules, "SPACY_MODEL", "no_such_pipeline_xyz")
+    with pytest.raises(ImportError, match="pip install en-core-web-sm"):
+        rules.load_pipeline()
+    rules.load_pipeline.cache_clear()
 
 
 def test_no_pairs_for_headings_or_empty_text():

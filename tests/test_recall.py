@@ -1,15 +1,31 @@
 """The real tests: the embedded SmolLM2 recalls facts it can only have from its adapter.
 
-The sample document (fictional, so no world knowledge helps) is ~6x the 128-token window; five of
-its facts lie outside the head+tail view ("beyond"), two inside it. Each adapter kind absorbs it
-once per session with the default configuration (only W set) and answers every question in every
-mode; the tests assert on those answers.
+The document is fictional (no world knowledge helps) and was written for this test after the
+defaults were chosen on the development set (benchmarks/quality.py): neither the defaults nor the
+QA generator were tuned on it. It is ~4.4x the 128-token window; five of its facts lie outside the
+head+tail view ("beyond"), two inside it. Each adapter kind absorbs it once per session with the
+default configuration (only W set) and answers every question in every mode; the tests assert on
+those answers.
 """
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from lift_ray.demo import is_correct, sample_document, sample_questions
+from lift_ray.evaluate.metrics import is_correct
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def recall_document() -> str:
+    return (DATA / "recall_document.txt").read_text(encoding="utf-8")
+
+
+def recall_questions() -> list[dict]:
+    return [json.loads(line) for line in (DATA / "recall_questions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+
 
 pytestmark = pytest.mark.slow
 WINDOW = 128
@@ -29,10 +45,10 @@ def _absorb_and_score(tmp_path_factory, adapter: str | None):
     if adapter:
         overrides["adapter"] = {"kind": adapter}
     engine = LiftEngine.from_config(build_config(None, overrides))
-    result = engine.absorb(sample_document(), progress=False)
+    result = engine.absorb(recall_document(), progress=False)
     scores = {m: {"beyond": 0, "inside": 0} for m in MODES}
     answers = []
-    for q in sample_questions():
+    for q in recall_questions():
         for mode in MODES:
             ans = engine.answer(q["question"], result.doc_id, mode)
             ok = is_correct(ans.answer, q["keywords"])
@@ -63,12 +79,12 @@ def test_beyond_window_facts_are_really_beyond_the_window(default_run):
 
     tok = engine.loaded.tokenizer
     ids = tok(engine.store.text(result.doc_id), add_special_tokens=False)["input_ids"]
-    assert len(ids) >= 6 * WINDOW
+    assert len(ids) >= 4 * WINDOW
     mixin = tok(engine.config.segments.mixin, add_special_tokens=False)["input_ids"]
     view = tok.decode(truncate_middle(ids, WINDOW, mixin))
-    beyond = [q for q in sample_questions() if q["where"] == "beyond"]
+    beyond = [q for q in recall_questions() if q["where"] == "beyond"]
     assert len(beyond) == 5
-    for q in sample_questions():
+    for q in recall_questions():
         assert is_correct(view, q["keywords"]) == (q["where"] == "inside"), q
 
 
@@ -98,15 +114,15 @@ def test_gated_memory_lift_icl_beats_icl(gated_memory_run):
     assert scores["lift+icl"]["inside"] >= scores["icl"]["inside"], answers
 
 
-def test_eval_table_on_the_absorbed_sample_document(default_run, tmp_path):
+def test_eval_table_on_the_absorbed_document(default_run, tmp_path):
     """`lift-ray eval`'s runner on the real model reuses the adapter absorbed above (no retraining)
     and its table shows what the direct answers showed: LIFT+ICL above ICL beyond the window."""
     from lift_ray.evaluate.data import EvalDocument, EvalQuestion
     from lift_ray.evaluate.runner import run_eval
 
     engine, result, _, _ = default_run
-    questions = [EvalQuestion(q["question"], list(q["keywords"])) for q in sample_questions()]
-    summary = run_eval(engine, [EvalDocument("sample", sample_document(), questions)], tmp_path / "eval",
+    questions = [EvalQuestion(q["question"], list(q["keywords"])) for q in recall_questions()]
+    summary = run_eval(engine, [EvalDocument("recall", recall_document(), questions)], tmp_path / "eval",
                        modes=["icl", "lift+icl"], progress=False)
     table = {(row["mode"], row["where"]): row for row in summary["table"]}
     print("eval:", {k: v["contains"] for k, v in table.items()})

