@@ -7,6 +7,7 @@ workers. It leaves the base model exactly as it found it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import tempfile
 import time
@@ -58,6 +59,7 @@ def absorb_document(
     alias: str | None = None,
     title: str | None = None,
     claim: Callable[[str], bool] | None = None,
+    on_progress: Callable[[dict], None] | None = None,
 ) -> AbsorbResult:
     """Train an adapter on ``text`` and publish it, unless this variant is already in the store.
 
@@ -71,6 +73,8 @@ def absorb_document(
         alias, title: the source's id and title of the document, kept in the manifest.
         claim: asked with the doc id right before publishing; False means another worker owns the
             document now (its lease was given away), so the trained adapter is dropped unpublished.
+        on_progress: called after every training epoch with ``{"stage", "stage_index", "stages",
+            "epoch", "epochs", "loss"}`` (the Serve app's document jobs report it).
 
     Raises:
         DocumentError: empty, binary or oversized text; nothing is written.
@@ -128,6 +132,8 @@ def absorb_document(
                 cfg.train.model_copy(update={"epochs": epochs}),
                 progress=progress,
                 desc=f"stage {i}/{len(stages)} {name}",
+                on_epoch=None if on_progress is None else functools.partial(
+                    _report_epoch, on_progress, name, i, len(stages), epochs),
             )
             for i, (name, stage_samples, epochs) in enumerate(stages, 1)
         ]
@@ -178,6 +184,10 @@ def absorb_document(
     return AbsorbResult(
         doc_id, variant, "absorbed", len(doc_tokens), store.uri, round(time.perf_counter() - start, 3), metrics, pairs
     )
+
+
+def _report_epoch(report: Callable[[dict], None], stage: str, index: int, stages: int, epochs: int, epoch: int, loss: float) -> None:
+    report({"stage": stage, "stage_index": index, "stages": stages, "epoch": epoch, "epochs": epochs, "loss": round(loss, 5)})
 
 
 def auxiliary_pairs(

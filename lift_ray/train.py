@@ -13,6 +13,8 @@ import random
 import sys
 import time
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
@@ -58,6 +60,7 @@ def train_adapter(
     *,
     progress: bool = True,
     desc: str = "absorb",
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainMetrics:
     """Train ``handle``'s parameters on ``samples`` for ``cfg.epochs`` epochs; seeded and reproducible.
 
@@ -67,6 +70,7 @@ def train_adapter(
         cfg: a resolved TrainConfig (epochs, learning_rate and samples_per_step set).
         progress: show a tqdm bar with the loss on stderr.
         desc: label of the progress bar.
+        on_epoch: called after each epoch with (epoch number from 1, its mean target loss).
 
     Returns:
         TrainMetrics of the run.
@@ -118,6 +122,8 @@ def train_adapter(
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.3f}", epoch=len(epoch_losses) + 1)
             epoch_losses.append(loss_sum / max(loss_count, 1))
+            if on_epoch is not None:
+                on_epoch(len(epoch_losses), epoch_losses[-1])
     finally:
         bar.close()
         module.eval()
