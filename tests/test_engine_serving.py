@@ -267,3 +267,35 @@ def test_answers_from_an_s3_store(s3_server, tiny_model_dir, tiny_loaded):
         assert ans.doc_id == doc and (ans.variant is None) == (mode == "icl")
     assert engine.answer("Who?", doc, "lift").answer == first.answer
     engine.detach()
+
+
+def test_resident_adapters_compute_what_the_trained_adapter_computes(make_engine, absorbed):
+    """The banks (peft named adapters, Gated Memory per-row) give the logits of the adapter as trained and
+    saved (lift_ray.adapters.load_adapter), row by row in a mixed batch, and the base for base rows."""
+    from lift_ray.adapters import load_adapter
+    from lift_ray.config import parse_adapter_config
+
+    loaded, *_, lora, gated = absorbed
+    engine = make_engine(max_resident=4)
+    ids = torch.randint(3, 300, (1, 12))
+    with torch.no_grad():
+        base = loaded.model(input_ids=ids).logits
+    expected = {}
+    for doc in (lora[0], gated[0]):
+        manifest = engine.manifests.get(doc)
+        handle = load_adapter(loaded.model, parse_adapter_config(manifest.adapter_config),
+                              engine.store.adapter_dir(doc, manifest.variant), base_model_id=loaded.model_id)
+        with torch.no_grad():
+            expected[doc] = handle.module(input_ids=ids).logits
+        loaded.model = handle.detach()
+        assert not torch.allclose(expected[doc], base, atol=1e-4), "the adapter changes the logits"
+    entries = engine._acquire([engine.manifests.get(lora[0]), engine.manifests.get(gated[0]), None])
+    try:
+        context, route = engine.resident.routing(entries)
+        with torch.no_grad(), context:
+            got = engine.resident.module(input_ids=ids.repeat(3, 1), **route).logits
+    finally:
+        engine._release(entries)
+    torch.testing.assert_close(got[0:1], expected[lora[0]], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got[1:2], expected[gated[0]], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got[2:3], base, atol=1e-5, rtol=1e-4)

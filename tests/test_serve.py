@@ -23,8 +23,9 @@ pytestmark = [pytest.mark.serve, pytest.mark.ray]
 
 DOCS = [
     " ".join(f"Tower {i} keeper {j} counts {i * 13 + j} gulls and names the tortoise Marlowe {i}." for j in range(6))
-    for i in range(6)
+    for i in range(10)
 ]
+LORA_COUNT = 8  # DOCS[:8] LoRA, DOCS[8:] Gated Memory
 API_KEY = "sk-lift-ray-test-key"
 KEY_ENV = "LIFT_RAY_TEST_SERVE_KEY"
 QUESTION = "Who keeps the tortoise?"
@@ -43,7 +44,7 @@ def _overrides(model_dir, store):
 
 @pytest.fixture(scope="module")
 def store_dir(tiny_model_dir, tmp_path_factory):
-    """Six documents absorbed locally (four LoRA, two Gated Memory), plus the config YAML the app reads."""
+    """Ten documents absorbed locally (eight LoRA, two Gated Memory), plus the config YAML the app reads."""
     from lift_ray.config import build_config
     from lift_ray.infer import LiftEngine
 
@@ -52,12 +53,13 @@ def store_dir(tiny_model_dir, tmp_path_factory):
     overrides = _overrides(tiny_model_dir, store)
     (root / "lift.yaml").write_text(yaml.safe_dump(overrides))
     engine = LiftEngine.from_config(build_config(str(root / "lift.yaml")))
-    ids = [engine.absorb(t, progress=False, alias=f"tower-{i}").doc_id for i, t in enumerate(DOCS[:4])]
+    ids = [engine.absorb(t, progress=False, alias=f"tower-{i}").doc_id for i, t in enumerate(DOCS[:LORA_COUNT])]
     gated = build_config(str(root / "lift.yaml"), {"adapter": {"kind": "gated_memory", "gate_init": 0.4},
                                                     "train": {"epochs": 4, "learning_rate": 3e-2}})
     gm = LiftEngine.from_config(gated)
-    ids += [gm.absorb(t, progress=False, alias=f"tower-{i}").doc_id for i, t in enumerate(DOCS[4:], 4)]
-    return root, ids
+    ids += [gm.absorb(t, progress=False, alias=f"tower-{i}").doc_id for i, t in enumerate(DOCS[LORA_COUNT:], LORA_COUNT)]
+    # Six documents of both kinds (LoRA towers 0-3, Gated Memory towers 8-9) for most tests; all ten for the load test.
+    return root, ids[:4] + ids[8:], ids
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def reference(store_dir):
     from lift_ray.config import build_config
     from lift_ray.infer import LiftEngine
 
-    root, _ = store_dir
+    root, *_ = store_dir
     engine = LiftEngine.from_config(build_config(str(root / "lift.yaml")), max_resident=8)
     cache = {}
 
@@ -86,7 +88,7 @@ def server(ray_client, store_dir):
     from lift_ray.config import ServeConfig
     from lift_ray.serve import build_app
 
-    root, _ = store_dir
+    root, *_ = store_dir
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     common = dict(config=str(root / "lift.yaml"), cpus_per_replica=0.5, threads=1, absorb_cpus=0.5,
@@ -157,7 +159,7 @@ def _ask(client, model, mode="lift+icl", **kw):
 
 
 def test_models_lists_every_document_and_the_base(server, store_dir):
-    _, ids = store_dir
+    _, ids, _ = store_dir
     models = {m.id: m for m in _client(server).models.list().data}
     assert set(ids) <= set(models)
     entry = models[ids[0]].model_dump()
@@ -168,7 +170,7 @@ def test_models_lists_every_document_and_the_base(server, store_dir):
 
 @pytest.mark.parametrize("mode", ["icl", "lift", "lift+icl"])
 def test_chat_answers_from_the_documents_adapter(server, store_dir, reference, mode):
-    _, ids = store_dir
+    _, ids, _ = store_dir
     client = _client(server)
     for doc in (ids[0], ids[4]):
         resp = _ask(client, doc, mode)
@@ -181,7 +183,7 @@ def test_chat_answers_from_the_documents_adapter(server, store_dir, reference, m
 
 
 def test_alias_and_variant_address_the_same_document(server, store_dir, reference):
-    _, ids = store_dir
+    _, ids, _ = store_dir
     client = _client(server)
     variant = reference(ids[1]).variant
     for model in ("tower-1", f"{ids[1]}:{variant}"):
@@ -190,7 +192,7 @@ def test_alias_and_variant_address_the_same_document(server, store_dir, referenc
 
 
 def test_streaming_equals_non_streaming(server, store_dir, reference):
-    _, ids = store_dir
+    _, ids, _ = store_dir
     client = _client(server)
     for doc, mode in ((ids[2], "lift"), (ids[5], "lift+icl"), (ids[2], "icl")):
         chunks = list(_ask(client, doc, mode, stream=True))
@@ -205,7 +207,7 @@ def test_streaming_equals_non_streaming(server, store_dir, reference):
 def test_sse_ends_with_done(server, store_dir):
     import urllib.request
 
-    _, ids = store_dir
+    _, ids, _ = store_dir
     body = {"model": ids[0], "messages": [{"role": "user", "content": QUESTION}], "stream": True}
     req = urllib.request.Request(f"{server}/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
@@ -218,7 +220,7 @@ def test_sse_ends_with_done(server, store_dir):
 def test_errors_have_openai_shape_and_status(server, store_dir):
     import openai
 
-    _, ids = store_dir
+    _, ids, _ = store_dir
     client = _client(server)
     with pytest.raises(openai.NotFoundError) as err:
         _ask(client, "f" * 32)
@@ -251,7 +253,7 @@ def test_errors_have_openai_shape_and_status(server, store_dir):
 def test_auth_on_and_off(server, store_dir, reference):
     import openai
 
-    _, ids = store_dir
+    _, ids, _ = store_dir
     secure = f"{server}/secure"
     with pytest.raises(openai.AuthenticationError) as err:
         _ask(_client(secure, "wrong"), ids[0])
@@ -266,7 +268,7 @@ def test_eviction_round_robin_over_six_documents(server, store_dir, reference):
     """K = 2 adapters per replica, six documents asked round-robin: every answer from the right adapter."""
     from ray import serve
 
-    _, ids = store_dir
+    _, ids, _ = store_dir
     client = _client(server)
     for _ in range(2):
         for doc in ids:
@@ -276,7 +278,7 @@ def test_eviction_round_robin_over_six_documents(server, store_dir, reference):
 
 
 def test_concurrent_mixed_requests(server, store_dir, reference):
-    _, ids = store_dir
+    _, ids, _ = store_dir
     client = _client(server)
     jobs = [(ids[i % 6], ("icl", "lift", "lift+icl")[i % 3]) for i in range(12)]
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
@@ -343,7 +345,7 @@ def test_replica_killed_mid_request(server, store_dir, reference):
     """SIGKILL the model replica while it answers: later requests succeed from the right adapters."""
     from ray import serve
 
-    _, ids = store_dir
+    _, ids, _ = store_dir
     client = _client(server)
     handle = serve.get_deployment_handle("LiftModel", app_name="open")
     pid = handle.pid.remote().result()
@@ -359,3 +361,34 @@ def test_replica_killed_mid_request(server, store_dir, reference):
     assert handle.pid.remote().result() != pid
     for doc in ids:
         assert _ask(client, doc, "lift").choices[0].message.content == reference(doc, "lift").answer
+
+
+def test_bounded_load_on_loopback(server, store_dir, reference, capsys):
+    """200 requests, 20 at a time, over 10 documents: only 200s and backpressure (503 + Retry-After)."""
+    _, _, ids = store_dir
+    jobs = [(ids[i % 10], ("icl", "lift", "lift+icl")[i % 3]) for i in range(200)]
+
+    def one(job):
+        doc, mode = job
+        body = {"model": doc, "messages": [{"role": "user", "content": QUESTION}], "lift_mode": mode}
+        start = time.perf_counter()
+        status, payload, headers = _request("POST", f"{server}/v1/chat/completions", body)
+        return status, time.perf_counter() - start, payload, headers, job
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(one, jobs))
+    wall = time.perf_counter() - start
+    statuses = [r[0] for r in results]
+    assert set(statuses) <= {200, 503}, sorted(set(statuses))
+    assert statuses.count(200) >= 100
+    for status, _, payload, headers, (doc, mode) in results:
+        if status == 200:
+            assert payload["choices"][0]["message"]["content"] == reference(doc, mode).answer
+        else:
+            assert headers.get("retry-after") and payload["error"]["code"] == "overloaded"
+    ok = sorted(r[1] for r in results if r[0] == 200)
+    p50, p95 = ok[len(ok) // 2], ok[int(len(ok) * 0.95) - 1]
+    with capsys.disabled():
+        print(f"\nserve load: 200 requests, 20 concurrent, 10 documents: {statuses.count(200)} x 200, "
+              f"{statuses.count(503)} x 503; p50 {p50:.3f} s, p95 {p95:.3f} s; {len(ok) / wall:.1f} answers/s")

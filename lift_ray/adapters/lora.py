@@ -147,17 +147,21 @@ class LoraBank:
         peft_cfg = _peft_config(cfg, inference=True)
         if hasattr(self.base, "peft_config") and self.peft_model is None:
             raise AdapterError("this model already carries a peft adapter; detach it first")
+        # The new adapter's tensors are created empty (meta) and take the loaded weights as they are:
+        # no random initialisation to throw away, which is most of a cold load's time.
         try:
             if self.peft_model is None:
-                self.peft_model = get_peft_model(self.base, peft_cfg, adapter_name=name)
+                self.peft_model = get_peft_model(self.base, peft_cfg, adapter_name=name, low_cpu_mem_usage=True)
             else:
-                self.peft_model.add_adapter(name, peft_cfg)
+                self.peft_model.add_adapter(name, peft_cfg, low_cpu_mem_usage=True)
         except ValueError as exc:
             raise AdapterError(f"cannot attach LoRA: {exc}") from None
         try:
             expected = get_peft_model_state_dict(self.peft_model, adapter_name=name)
             check_state_dict(expected, state, "LoRA")
-            result = set_peft_model_state_dict(self.peft_model, state, adapter_name=name)
+            device = next(self.base.parameters()).device
+            state = {k: v.to(device=device, dtype=torch.float32) for k, v in state.items()}
+            result = set_peft_model_state_dict(self.peft_model, state, adapter_name=name, low_cpu_mem_usage=True)
             if result.unexpected_keys:
                 raise AdapterError(f"LoRA: unexpected keys {result.unexpected_keys[:3]}")
         except Exception:
