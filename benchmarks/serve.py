@@ -38,7 +38,7 @@ from lift_ray.config import GatedMemoryAdapterConfig, LoraAdapterConfig, ModelSp
 from lift_ray.infer import LiftEngine, Question  # noqa: E402
 from lift_ray.model import load_model, load_random_init  # noqa: E402
 from lift_ray.store import AdapterStore, BaseModelRef, Manifest, doc_id_for, now_iso, sha256_file, variant_id  # noqa: E402
-from lift_ray.train import TrainMetrics  # noqa: E402
+from lift_ray.store import TrainMetrics  # noqa: E402
 
 
 def sync() -> None:

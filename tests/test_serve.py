@@ -471,7 +471,7 @@ def smol_server(server, tmp_path_factory):
 
 @pytest.mark.slow
 def test_smollm2_answers_each_document_from_its_own_adapter(smol_server):
-    from lift_ray.demo import is_correct
+    from lift_ray.evaluate.metrics import is_correct
 
     url, ids = smol_server
     client = _client(url)

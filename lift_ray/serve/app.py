@@ -41,7 +41,7 @@ MODEL = "LiftModel"
 
 def error_result(exc: BaseException) -> dict[str, Any]:
     """An engine exception as ``{"status", "error"}`` (what the ingress answers with)."""
-    from lift_ray.absorb import DocumentError
+    from lift_ray.text import DocumentError
     from lift_ray.adapters.base import AdapterError
     from lift_ray.config import ConfigError
     from lift_ray.infer import QuestionError
@@ -469,7 +469,7 @@ class LiftIngress:
 
     @app.post("/v1/documents", status_code=202)
     async def post_document(self, request: Request):
-        from lift_ray.absorb import DocumentError, check_document_text, decode_document
+        from lift_ray.text import DocumentError, check_document_text, decode_document
         from lift_ray.store import doc_id_for
 
         content_type = request.headers.get("content-type", "")
