@@ -319,6 +319,65 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_config(args: argparse.Namespace):
+    """The ServeConfig the `serve` verb's flags describe (a test checks the shipped manifests with it)."""
+    from lift_ray.config import ServeConfig
+
+    fields = {
+        "store": args.store, "model": args.model, "config": args.config, "host": args.host, "port": args.port,
+        "replicas": args.replicas, "adapters_per_replica": args.adapters_per_replica,
+        "max_batch_size": args.max_batch_size, "cpus_per_replica": args.cpus_per_replica,
+        "gpus_per_replica": args.gpus_per_replica, "threads": args.threads, "api_key_env": args.api_key_env,
+        "overrides": {"model": {"device": args.device}} if args.device else {},
+    }
+    try:
+        return ServeConfig.model_validate({k: v for k, v in fields.items() if v is not None})
+    except Exception as exc:  # pydantic's ValidationError, one line naming the field
+        from pydantic import ValidationError
+
+        from lift_ray.config import format_validation_error
+
+        if isinstance(exc, ValidationError):
+            raise ConfigError(format_validation_error(exc, "serve flags")) from None
+        raise
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve every absorbed document over an OpenAI-compatible HTTP API (Ray Serve); Ctrl-C stops it."""
+    import time
+
+    serve_args = serve_config(args)
+    serve_args.lift_config()  # a bad YAML or flag fails here, before Ray starts
+    import ray
+    from ray import serve
+
+    from lift_ray.serve import build_app
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:  # a private local Ray, bound to loopback like the HTTP server
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        serve.start(http_options={"host": serve_args.host, "port": serve_args.port})
+        serve.run(build_app(serve_args), name=serve_args.name, route_prefix="/", blocking=False)
+        url = f"http://{serve_args.host}:{serve_args.port}"
+        _log(f"serve: store {serve_args.lift_config().store.uri or default_store_uri()}; Ctrl-C stops")
+        print(f"{url}/v1", flush=True)
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        _log("serve: stopping")
+    finally:
+        serve.shutdown()
+        try:
+            ray.kill(ray.get_actor(f"{serve_args.name}-documents", namespace="lift-ray"))
+        except ValueError:  # no document was POSTed: the absorbing actor never started
+            pass
+        ray.shutdown()
+    return 0
+
+
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "absorb": cmd_absorb,
     "ask": cmd_ask,
@@ -327,6 +386,7 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "bulk": cmd_bulk,
     "eval": cmd_eval,
     "niah": cmd_niah,
+    "serve": cmd_serve,
 }
 
 
@@ -450,6 +510,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, metavar="N", help="answer length limit")
     _training_flags(p)
     _common(p)
+
+    p = sub.add_parser("serve", help=cmd_serve.__doc__, description=cmd_serve.__doc__)
+    p.add_argument("--config", metavar="YAML", help="LiftConfig YAML (model, inference and absorb settings)")
+    p.add_argument("--store", metavar="URI", help=f"store URI or path (default: $LIFT_RAY_STORE or {default_store_uri()})")
+    p.add_argument("--model", metavar="M", help="base model: HF id, local directory or .gguf (default: embedded SmolLM2)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
+    p.add_argument("--replicas", type=int, metavar="N", help="model replicas, each with the base model once (default: 1)")
+    p.add_argument("--adapters-per-replica", type=int, metavar="K", help="documents' adapters resident per replica (default: 4)")
+    p.add_argument("--max-batch-size", type=int, metavar="B", help="questions answered in one batched generate (default: 8)")
+    p.add_argument("--cpus-per-replica", type=float, metavar="F", help="Ray CPUs per model replica (default: 1)")
+    p.add_argument("--gpus-per-replica", type=float, metavar="F", help="GPUs per model replica (default: 0)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch threads per replica (default: its CPUs)")
+    p.add_argument("--api-key-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' (the key is read from that variable)")
+    p.add_argument("--address", metavar="ADDR", help="Ray address (default: $RAY_ADDRESS, else a private local Ray)")
 
     p = sub.add_parser("models", help=cmd_models.__doc__, description=cmd_models.__doc__)
     p.add_argument("--json", action="store_true", help="print JSON on stdout")

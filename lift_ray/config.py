@@ -358,6 +358,48 @@ class LiftConfig(_Base):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class ServeConfig(_Base):
+    """The Serve application (``lift-ray serve``, ``serve run lift_ray.serve:app_builder key=value ...``)."""
+
+    store: str | None = Field(None, description="Store URI or path the app answers from. None: $LIFT_RAY_STORE or <cache>/store.")
+    model: str | None = Field(None, description="Base model (model.name_or_path). None: the config's, else the embedded SmolLM2.")
+    config: str | None = Field(None, description="LiftConfig YAML file (model, inference and absorb settings); store and model above override it.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="LiftConfig fields laid over the YAML, as a nested mapping.")
+    host: str = Field("127.0.0.1", description="HTTP bind address (used by `lift-ray serve`; Serve config YAMLs set http_options).")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port (used by `lift-ray serve`).")
+    replicas: int = Field(1, ge=1, description="Model replicas; each holds the base model once.")
+    adapters_per_replica: int = Field(4, ge=1, description="K: documents' adapters kept resident per replica (Serve's multiplexing LRU).")
+    max_batch_size: int = Field(8, ge=1, description="Questions about any documents answered in one batched generate.")
+    batch_wait_timeout_s: float = Field(0.02, ge=0, description="How long a replica waits to fill a batch.")
+    max_ongoing_requests: int = Field(16, ge=1, description="Requests one model replica works on at once (beyond: queued).")
+    max_queued_requests: int = Field(32, ge=-1, description="Requests waiting for a model replica before 503 + Retry-After (-1: unbounded).")
+    cpus_per_replica: float = Field(1.0, ge=0, description="Ray CPUs reserved per model replica.")
+    gpus_per_replica: float = Field(0.0, ge=0, description="GPUs per model replica (a fraction packs several onto one GPU).")
+    threads: int | None = Field(None, ge=1, description="torch threads per model replica. None: cpus_per_replica, at least 1.")
+    absorb_cpus: float = Field(1.0, ge=0, description="Ray CPUs of the actor that absorbs POSTed documents (outside the serving replicas).")
+    absorb_gpus: float = Field(0.0, ge=0, description="GPUs of the absorbing actor.")
+    api_key_env: str | None = Field(None, description="Name of an environment variable holding the bearer key clients must send. None: no auth.")
+    max_request_bytes: int = Field(8_000_000, ge=1024, description="Largest request body accepted (413 beyond).")
+    manifest_ttl_s: float = Field(2.0, ge=0, description="Seconds a replica trusts a cached manifest; deletes and new documents show within this time.")
+    name: str = Field("lift-ray", description="Serve application name (also names the absorbing actor).")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not v.replace("_", "A").isalnum():
+            raise ValueError(f"{v!r} is not an environment variable name")
+        return v
+
+    def lift_config(self) -> "LiftConfig":
+        """The LiftConfig the replicas and the absorbing actor use (YAML < overrides < store/model)."""
+        top: dict[str, Any] = {}
+        if self.store:
+            top["store"] = {"uri": self.store}
+        if self.model:
+            top["model"] = {"name_or_path": self.model}
+        return build_config(self.config, deep_merge(self.overrides, top))
+
+
 # Profile defaults. "large" follows the paper (LIFT reference, Llama-3-8B); "small" is what measured
 # best on the embedded SmolLM2-135M beyond-window fact test (README, "Choosing the defaults").
 PROFILES: dict[str, dict[str, Any]] = {

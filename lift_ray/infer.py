@@ -6,29 +6,28 @@
 * ``rag`` / ``lift+rag``: the base model / the adapter with the document's chunks that retrieval
   picks for the question in the same W tokens (:mod:`lift_ray.retrieval`).
 
-:class:`LiftEngine` keeps the base model loaded, attaches a document's adapter on demand (keeping
-the last one attached for the next question) and detaches it cleanly.
+:class:`LiftEngine` keeps the base model loaded and the adapters of recently asked documents
+resident beside it (:mod:`lift_ray.resident`); questions about several documents can be answered
+in one batched generate, each row with its own adapter, and answers can be streamed.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
-from lift_ray.adapters import AdapterHandle, load_adapter
 from lift_ray.adapters.base import AdapterError
 from lift_ray.config import LiftConfig, ModelSpec, resolve_config
 from lift_ray.modes import HEAD_TAIL, ModeError, check_mode, uses_adapter, uses_document, view_of
 from lift_ray.model import LoadedModel, inspect_model, load_model, pick_device
 from lift_ray.segments import ChatFormat, build_prompt_ids, chat_format, normalize_text, question_content, truncate_middle
+from lift_ray.resident import ManifestCache, ResidentAdapter, ResidentAdapters, fetch_adapter
 from lift_ray.retrieval import RetrievalIndex, index_key, retrieved_view
 from lift_ray.store import AdapterStore, Manifest, StoreError, doc_id_for
 
@@ -84,15 +83,39 @@ def resolve_document(doc: str) -> tuple[str, str | None]:
 
 
 @dataclasses.dataclass
-class _Prepared:
-    """Everything one generate call needs."""
+class Question:
+    """One question to answer: what, about which document, in which mode, and how to generate.
 
+    ``temperature`` None keeps the config's decoding (greedy by default); 0 is greedy; above 0 samples
+    with ``top_p``. ``max_new_tokens`` None is the config's limit.
+    """
+
+    question: str
+    doc: str  # a document id in the store, or the document text itself (icl needs only the text)
+    mode: str | None = None
+    variant: str | None = None
+    context_window: int | None = None
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A question made ready to generate: its prompt and, when the mode uses one, its adapter."""
+
+    question: str
+    mode: str
+    doc_id: str
+    adapter: Manifest | None  # the adapter that answers (None: the base model answers)
     prompt: list[int]
-    module: torch.nn.Module  # the adapted model, or the base
-    doc_id: str | None
-    variant: str | None  # the adapter variant answering, None without one
-    disable: contextlib.AbstractContextManager  # switches an attached adapter off for base-model modes
-    view: str | None  # kind of document view in the prompt
+    max_new_tokens: int
+    sampling: tuple[bool, float | None, float | None]  # (do_sample, temperature, top_p)
+    view: str | None = None  # kind of document view in the prompt (modes.HEAD_TAIL, modes.RETRIEVED), None in lift mode
+
+    @property
+    def variant(self) -> str | None:
+        return self.adapter.variant if self.adapter is not None else None
 
 
 @dataclasses.dataclass
@@ -106,33 +129,101 @@ class Answer:
     new_tokens: int
     seconds: float
     view: str | None = None  # "head_tail" or "retrieved" (rag modes fall back to head_tail when nothing matches); None in lift mode
+    finish_reason: str = "stop"  # "stop" (end of answer) or "length" (max_new_tokens reached)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass
+class StreamEnd:
+    """The last item of :meth:`LiftEngine.stream`: which adapter answered, token counts, why it ended."""
+
+    mode: str
+    doc_id: str
+    variant: str | None
+    prompt_tokens: int
+    new_tokens: int
+    finish_reason: str
+    seconds: float
+    view: str | None = None
+
+
+class _Cancelled:
+    """A stopping criterion: generation ends at the next token once ``event`` is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _TokenQueue:
+    """A transformers streamer that hands each new token id to a queue (the prompt is skipped)."""
+
+    def __init__(self, out: "queue.Queue"):
+        self.out = out
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.out.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass
+
+
+_END = object()
+
+
 class LiftEngine:
     """A base model kept resident, a store, and the config; absorbs documents and answers questions.
+
+    Serving many documents: the adapters of the ``max_resident`` most recently used documents stay
+    on the device (:class:`~lift_ray.resident.ResidentAdapters`), manifests are re-read from the
+    store after ``manifest_ttl`` seconds, and :meth:`answer_batch` answers questions about different
+    documents in one batched generate. Every method is safe to call from several threads: changes
+    to the adapters and generation run under one lock, so no row ever runs with another row's
+    adapter; store reads and adapter downloads happen outside it.
 
     Args:
         loaded: the base model and tokenizer.
         config: a resolved LiftConfig.
         store: where documents and adapters live.
+        max_resident (int): adapters kept on the device. Default: 4.
+        manifest_ttl (float): seconds a manifest read stays fresh. Default: 2.0.
     """
 
-    def __init__(self, loaded: LoadedModel, config: LiftConfig, store: AdapterStore):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        config: LiftConfig,
+        store: AdapterStore,
+        *,
+        max_resident: int = 4,
+        manifest_ttl: float = 2.0,
+    ):
         self.loaded = loaded
         self.config = config
         self.store = store
         self.fmt = chat_format(loaded.tokenizer)
-        self._handle: AdapterHandle | None = None
-        self._attached: tuple[str, str] | None = None
-        self._doc_tokens: tuple[str, list[int]] | None = None
+        self.manifests = ManifestCache(store, ttl=manifest_ttl)
+        self.resident = ResidentAdapters(loaded.model, max_resident)
+        self._lock = threading.RLock()
+        self._doc_tokens: collections.OrderedDict[str, list[int]] = collections.OrderedDict()
+        self._doc_tokens_lock = threading.Lock()
         self._indexes: collections.OrderedDict[tuple[str, str], RetrievalIndex] = collections.OrderedDict()
+        self._indexes_lock = threading.Lock()
+        tok = loaded.tokenizer
+        self._eos = {t for t in (tok.eos_token_id, self.fmt.reply_end[-1] if self.fmt.reply_end else None) if t is not None}
+        self._pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     @classmethod
-    def from_config(cls, config: LiftConfig, store: AdapterStore | None = None) -> "LiftEngine":
-        """Inspect the model (no weights), resolve the profile defaults, then load it."""
+    def from_config(cls, config: LiftConfig, store: AdapterStore | None = None, **kwargs) -> "LiftEngine":
+        """Inspect the model (no weights), resolve the profile defaults, then load it (``kwargs``: see the class)."""
         from lift_ray.config import default_store_uri
 
         info = inspect_model(config.model)
@@ -140,15 +231,21 @@ class LiftEngine:
         resolved = resolve_config(config, num_params=info.num_params, max_positions=info.max_positions, on_cuda=on_cuda)
         loaded = load_model(resolved.model)
         store = store or AdapterStore(resolved.store.uri or default_store_uri())
-        return cls(loaded, resolved, store)
+        return cls(loaded, resolved, store, **kwargs)
 
     # --- absorb --------------------------------------------------------------------------------
     def absorb(self, text: str, *, force: bool = False, progress: bool = True, **kwargs):
-        """Absorb ``text`` with the resident model; ``kwargs`` go to :func:`lift_ray.absorb.absorb_document`."""
+        """Absorb ``text`` with the resident model; ``kwargs`` go to :func:`lift_ray.absorb.absorb_document`.
+
+        Resident adapters are dropped first (training needs the bare base) and questions wait.
+        """
         from lift_ray.absorb import absorb_document
 
-        self.detach()
-        return absorb_document(self.loaded, text, self.config, self.store, force=force, progress=progress, **kwargs)
+        with self._lock:
+            self.detach()
+            result = absorb_document(self.loaded, text, self.config, self.store, force=force, progress=progress, **kwargs)
+        self.manifests.forget(result.doc_id)
+        return result
 
     # --- adapters ------------------------------------------------------------------------------
     def check_manifest(self, manifest: Manifest) -> None:
@@ -160,35 +257,107 @@ class LiftEngine:
                 f"the loaded base model is {self.loaded.model_id} ({self.loaded.weights_hash})"
             )
 
-    def attach(self, doc_id: str, variant: str | None = None, scratch: Path | None = None) -> Manifest:
-        """Attach the document's adapter (the latest variant unless named); a no-op if already attached."""
-        manifest = self.store.latest_manifest(doc_id, variant)
-        key = (manifest.doc_id, manifest.variant)
-        if self._attached == key:
-            return manifest
+    def attach(self, doc_id: str, variant: str | None = None) -> Manifest:
+        """Make the document's adapter (the latest variant unless named) resident; a no-op if it is."""
+        manifest = self.manifests.get(doc_id, variant)
         self.check_manifest(manifest)
-        directory = self.store.adapter_dir(manifest.doc_id, manifest.variant, scratch=scratch)
-        self.detach()
-        from lift_ray.config import parse_adapter_config
-
-        adapter_cfg = parse_adapter_config(manifest.adapter_config)
-        self._handle = load_adapter(self.loaded.model, adapter_cfg, directory, base_model_id=self.loaded.model_id)
-        self._attached = key
+        self._acquire([manifest], pin=False)
         return manifest
 
-    def detach(self) -> None:
-        if self._handle is not None:
-            self.loaded.model = self._handle.detach()
-            self._handle = None
-            self._attached = None
+    def evict(self, doc_id: str, variant: str | None = None) -> int:
+        """Drop the document's resident adapters (one variant, or all); in-use ones go when released."""
+        with self._lock:
+            keys = [k for k in self.resident.entries if k[0] == doc_id and variant in (None, k[1])]
+            return sum(self.resident.evict(k) for k in keys)
 
-    # --- answering -----------------------------------------------------------------------------
+    def forget(self, doc_id: str) -> None:
+        """Forget a document deleted from the store: its manifests and resident adapters."""
+        self.manifests.forget(doc_id)
+        self.evict(doc_id)
+
+    def refresh(self) -> list[tuple[str, str]]:
+        """Re-read the manifests of resident adapters and drop those deleted or republished; returns them."""
+        with self._lock:
+            resident = {k: e.files for k, e in self.resident.entries.items()}
+        stale = []
+        for (doc_id, variant), files in resident.items():
+            try:
+                if self.store.manifest(doc_id, variant).files == files:
+                    continue
+            except StoreError:
+                self.manifests.forget(doc_id)
+            stale.append((doc_id, variant))
+        with self._lock:
+            for key in stale:
+                self.resident.evict(key)
+        return stale
+
+    def resident_adapters(self) -> list[tuple[str, str]]:
+        """(doc_id, variant) of the adapters on the device, least recently used first."""
+        with self._lock:
+            return list(self.resident.entries)
+
+    def detach(self) -> None:
+        """Drop every resident adapter; the base model is exactly as loaded."""
+        with self._lock:
+            self.loaded.model = self.resident.clear()
+
+    def _acquire(self, manifests: list[Manifest | None], pin: bool = True) -> list[ResidentAdapter | BaseException | None]:
+        """The resident adapter of each manifest (None for None), loading missing ones; pinned if ``pin``.
+
+        Files are fetched and verified outside the lock; a failure is returned in place of that entry.
+        """
+        wanted = {(m.doc_id, m.variant): m for m in manifests if m is not None}
+        fetched: dict[tuple[str, str], object] = {}
+        with self._lock:
+            missing = [k for k, m in wanted.items() if self.resident.get(m) is None]
+        for key in missing:
+            try:
+                fetched[key] = fetch_adapter(self.store, wanted[key])
+            except Exception as exc:  # a corrupt or missing adapter fails its own rows only
+                fetched[key] = exc
+        out: list[ResidentAdapter | BaseException | None] = []
+        with self._lock:
+            entries: dict[tuple[str, str], ResidentAdapter | BaseException] = {}
+            for key, manifest in wanted.items():
+                entry = self.resident.get(manifest)
+                if entry is not None:
+                    if pin:
+                        self.resident.pin(entry)
+                else:
+                    got = fetched.get(key)
+                    try:
+                        if got is None:  # evicted since the check above
+                            got = fetch_adapter(self.store, manifest)
+                        if isinstance(got, BaseException):
+                            raise got
+                        entry = self.resident.install(manifest, *got, pin=pin)
+                    except Exception as exc:
+                        entry = exc
+                entries[key] = entry
+            for m in manifests:
+                out.append(None if m is None else entries[(m.doc_id, m.variant)])
+        return out
+
+    def _release(self, entries: list) -> None:
+        with self._lock:
+            for entry in {id(e): e for e in entries if isinstance(e, ResidentAdapter)}.values():
+                self.resident.release(entry)
+
+    # --- preparing a question ------------------------------------------------------------------
     def _document_tokens(self, doc_id: str, text: str | None) -> list[int]:
-        """The document's token ids, kept for the last document: many questions, one read and tokenisation."""
-        if self._doc_tokens is None or self._doc_tokens[0] != doc_id:
-            text = text if text is not None else self.store.text(doc_id)
-            self._doc_tokens = (doc_id, self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return self._doc_tokens[1]
+        """The document's token ids, kept for recent documents: many questions, one read and tokenisation."""
+        with self._doc_tokens_lock:
+            if doc_id in self._doc_tokens:
+                self._doc_tokens.move_to_end(doc_id)
+                return self._doc_tokens[doc_id]
+        text = text if text is not None else self.store.text(doc_id)
+        ids = self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+        with self._doc_tokens_lock:
+            self._doc_tokens[doc_id] = ids
+            while len(self._doc_tokens) > 2 * self.resident.capacity:
+                self._doc_tokens.popitem(last=False)
+        return ids
 
     # --- views of the document ---------------------------------------------------------------
     def retrieval_index(self, doc_id: str, text: str | None = None) -> RetrievalIndex:
@@ -199,9 +368,10 @@ class LiftEngine:
         """
         r = self.config.retrieval
         key = index_key(self.loaded.model_id, r.chunk_tokens, r.overlap_tokens)
-        if (doc_id, key) in self._indexes:
-            self._indexes.move_to_end((doc_id, key))
-            return self._indexes[(doc_id, key)]
+        with self._indexes_lock:
+            if (doc_id, key) in self._indexes:
+                self._indexes.move_to_end((doc_id, key))
+                return self._indexes[(doc_id, key)]
         stored = bool(self.store.variants(doc_id))
         files = self.store.retrieval_index(doc_id, key) if stored else None
         if files is not None:
@@ -214,9 +384,10 @@ class LiftEngine:
                     self.store.put_retrieval_index(doc_id, key, index.to_files())
                 except (OSError, StoreError) as exc:
                     log(f"warning: could not keep the retrieval index of {doc_id} in {self.store.uri}: {exc}")
-        self._indexes[(doc_id, key)] = index
-        while len(self._indexes) > _INDEX_CACHE:
-            self._indexes.popitem(last=False)
+        with self._indexes_lock:
+            self._indexes[(doc_id, key)] = index
+            while len(self._indexes) > _INDEX_CACHE:
+                self._indexes.popitem(last=False)
         return index
 
     def document_view(self, doc_id: str, text: str | None, question: str, mode: str, window: int) -> tuple[list[int] | None, str | None]:
@@ -232,24 +403,10 @@ class LiftEngine:
                               self.config.retrieval.head_tail_share)
         return view.ids, view.kind
 
-    def _prepare(
-        self,
-        question: str,
-        doc: str,
-        mode: str,
-        variant: str | None,
-        context_window: int | None,
-    ) -> "_Prepared":
-        _check_mode(mode)
-        doc_id, text = resolve_document(doc)
-        manifest = None
-        if uses_adapter(mode):
-            manifest = self.attach(doc_id, variant)
-        elif self.store.variants(doc_id):  # icl on an absorbed document: same W as its adapter saw
-            manifest = self.store.latest_manifest(doc_id, variant)
-        window = context_window or (manifest.context_window if manifest else self.config.segments.context_window)
+    def _prompt(self, question: str, mode: str, doc_id: str, text: str | None, window: int) -> tuple[list[int], str | None]:
+        """The generation prompt for one question and the kind of document view in it: the one place the engine builds it."""
         inf = self.config.inference
-        view, view_kind = self.document_view(doc_id, text, question, mode, window) if question.strip() else (None, None)
+        view, kind = self.document_view(doc_id, text, question, mode, window) if question.strip() else (None, None)
         prompt = build_question_prompt(
             fmt=self.fmt,
             tokenizer=self.loaded.tokenizer,
@@ -259,36 +416,128 @@ class LiftEngine:
             answer_prompt=inf.answer_prompt,
             lift_prompt=inf.lift_prompt,
         )
+        return prompt, kind
+
+    def prepare(self, q: Question) -> Prepared:
+        """Check a question and build its prompt; nothing is generated and no adapter is loaded.
+
+        Raises:
+            QuestionError: unknown mode, empty question, or a prompt over the model's positions.
+            StoreError: unknown document or variant. AdapterError: an adapter of another base model.
+        """
+        mode = q.mode or self.config.inference.mode
+        _check_mode(mode)
+        doc_id, text = resolve_document(q.doc)
+        try:  # icl on an absorbed document uses the W its adapter saw
+            manifest = self.manifests.get(doc_id, q.variant)
+        except StoreError:
+            if uses_adapter(mode) or text is None:
+                raise
+            manifest = None
+        if manifest is not None and uses_adapter(mode):
+            self.check_manifest(manifest)
+        window = q.context_window or (manifest.context_window if manifest else self.config.segments.context_window)
+        prompt, view = self._prompt(q.question, mode, doc_id, text, window)
         if len(prompt) > self.loaded.max_positions - 1:
             raise QuestionError(
                 f"prompt of {len(prompt)} tokens does not fit the model's {self.loaded.max_positions} positions"
             )
-        if not uses_adapter(mode) and self._handle is not None:
-            disable = self._handle.disabled()
-        else:
-            disable = contextlib.nullcontext()
-        module = self._handle.module if (self._handle is not None and uses_adapter(mode)) else self.loaded.model
-        used_variant = manifest.variant if manifest is not None and uses_adapter(mode) else None
-        return _Prepared(prompt, module, doc_id, used_variant, disable, view_kind)
-
-    def _generate_kwargs(self, prompt: list[int], max_new_tokens: int | None) -> dict:
         inf = self.config.inference
-        device = self.loaded.device
-        input_ids = torch.tensor([prompt], device=device)
         budget = self.loaded.max_positions - len(prompt)
+        if q.temperature is None:
+            sampling = (inf.do_sample, inf.temperature, inf.top_p) if inf.do_sample else (False, None, None)
+        elif q.temperature == 0:
+            sampling = (False, None, None)
+        else:
+            sampling = (True, float(q.temperature), float(q.top_p if q.top_p is not None else 1.0))
+        return Prepared(
+            question=q.question,
+            mode=mode,
+            doc_id=doc_id,
+            adapter=manifest if uses_adapter(mode) else None,
+            prompt=prompt,
+            max_new_tokens=max(1, min(q.max_new_tokens or inf.max_new_tokens, budget)),
+            sampling=sampling,
+            view=view,
+        )
+
+    # --- generating ----------------------------------------------------------------------------
+    def _generate_kwargs(self, rows: list[Prepared]) -> dict:
+        device = self.loaded.device
+        width = max(len(p.prompt) for p in rows)
+        # Left padding: every row's next token is at the same position.
+        input_ids = torch.tensor([[self._pad] * (width - len(p.prompt)) + p.prompt for p in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(p.prompt)) + [1] * len(p.prompt) for p in rows], device=device)
+        do_sample, temperature, top_p = rows[0].sampling
         kwargs = dict(
             input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=max(1, min(max_new_tokens or inf.max_new_tokens, budget)),
-            do_sample=inf.do_sample,
-            pad_token_id=self.loaded.tokenizer.pad_token_id,
-            eos_token_id=[t for t in {self.loaded.tokenizer.eos_token_id, self.fmt.reply_end[-1] if self.fmt.reply_end else None} if t is not None],
+            attention_mask=mask,
+            max_new_tokens=max(p.max_new_tokens for p in rows),
+            do_sample=do_sample,
+            pad_token_id=self._pad,
+            eos_token_id=sorted(self._eos),
         )
-        if inf.do_sample:
-            kwargs.update(temperature=inf.temperature, top_p=inf.top_p)
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p)
         else:  # silence generation_config sampling defaults under greedy decoding
             kwargs.update(temperature=None, top_p=None, top_k=None)
         return kwargs
+
+    def _finish(self, ids: list[int], limit: int) -> tuple[list[int], str]:
+        """A row's own tokens: up to its first end token, at most ``limit``; and why it ended."""
+        for i, t in enumerate(ids[:limit]):
+            if t in self._eos:
+                return ids[: i + 1], "stop"
+        return ids[:limit], "length"
+
+    def _generate(self, rows: list[Prepared], entries: list, **extra) -> torch.Tensor:
+        """One generate over ``rows`` (same sampling), row i with adapter ``entries[i]``; under the lock."""
+        context, route = self.resident.routing(entries)
+        with torch.inference_mode(), context:
+            return self.resident.module.generate(**self._generate_kwargs(rows), **route, **extra)
+
+    def answer_batch(self, questions: list[Question | Prepared]) -> list[Answer | Exception]:
+        """Answer many questions, about any documents, in as few batched generates as possible.
+
+        Rows with the same decoding settings run in one generate, each with its own document's
+        adapter (or none); with greedy decoding each answer equals the question answered alone.
+        A question that fails (unknown document, corrupt adapter, bad input) gets its exception in
+        its place; the others are answered.
+        """
+        start = time.perf_counter()
+        results: list[Answer | Exception | None] = [None] * len(questions)
+        prepared: dict[int, Prepared] = {}
+        for i, q in enumerate(questions):
+            try:
+                prepared[i] = q if isinstance(q, Prepared) else self.prepare(q)
+            except Exception as exc:
+                results[i] = exc
+        groups: dict[tuple, list[int]] = collections.defaultdict(list)
+        for i, p in prepared.items():
+            groups[p.sampling].append(i)
+        for indices in groups.values():
+            entries = self._acquire([prepared[i].adapter for i in indices])
+            try:
+                ok = []
+                for i, entry in zip(indices, entries):
+                    if isinstance(entry, BaseException):
+                        results[i] = entry
+                    else:
+                        ok.append((i, entry))
+                if not ok:
+                    continue
+                rows = [prepared[i] for i, _ in ok]
+                with self._lock:
+                    out = self._generate(rows, [e for _, e in ok])
+                width = max(len(p.prompt) for p in rows)
+                for (i, _), p, seq in zip(ok, rows, out[:, width:].tolist()):
+                    ids, reason = self._finish(seq, p.max_new_tokens)
+                    text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                    results[i] = Answer(text, p.mode, p.doc_id, p.variant, p.question, len(p.prompt), len(ids),
+                                        round(time.perf_counter() - start, 3), p.view, reason)
+            finally:
+                self._release(entries)
+        return results  # type: ignore[return-value]
 
     def answer(
         self,
@@ -305,21 +554,82 @@ class LiftEngine:
         Args:
             question: the question.
             doc: a document id in the store, or the document text itself (icl only needs the text).
-            mode: "icl", "lift" or "lift+icl". Default: the config's mode.
+            mode: an answer mode (lift_ray.modes). Default: the config's mode.
             variant: which adapter variant; default the latest.
             context_window: W of the head+tail view; default the adapter's recorded W.
             max_new_tokens: default the config's.
         """
-        mode = mode or self.config.inference.mode
+        q = Question(question, doc, mode, variant=variant, context_window=context_window, max_new_tokens=max_new_tokens)
+        result = self.answer_batch([q])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def stream(self, q: Question) -> Iterator[str | StreamEnd]:
+        """Yield the answer's text in pieces as it is generated, then one :class:`StreamEnd`.
+
+        The question is checked before this returns (errors raise here, not mid-stream). The pieces
+        join to exactly :meth:`answer`'s text. Closing the iterator (or dropping it) stops the
+        generation at the next token.
+        """
+        prepared = self.prepare(q)
+        return self._stream(prepared)
+
+    def _stream(self, p: Prepared) -> Iterator[str | StreamEnd]:
+        import queue
+
+        from transformers import StoppingCriteriaList
+
         start = time.perf_counter()
-        p = self._prepare(question, doc, mode, variant, context_window)
-        kwargs = self._generate_kwargs(p.prompt, max_new_tokens)
-        with torch.inference_mode(), p.disable:
-            out = p.module.generate(**kwargs)
-        new = out[0, len(p.prompt) :]
-        text = self.loaded.tokenizer.decode(new, skip_special_tokens=True).strip()
-        return Answer(text, mode, p.doc_id, p.variant, question, len(p.prompt), int(new.numel()),
-                      round(time.perf_counter() - start, 3), p.view)
+        tokens: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+
+        def run() -> None:
+            entries = self._acquire([p.adapter])
+            try:
+                if isinstance(entries[0], BaseException):
+                    raise entries[0]
+                with self._lock:
+                    if not cancel.is_set():
+                        self._generate([p], entries, streamer=_TokenQueue(tokens),
+                                       stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]))
+                tokens.put(_END)
+            except BaseException as exc:  # surfaced in the consumer's thread
+                tokens.put(exc)
+            finally:
+                self._release(entries)
+
+        thread = threading.Thread(target=run, name="lift-ray-stream", daemon=True)
+        thread.start()
+        ids: list[int] = []
+        sent = ""
+        reason = "length"
+        decode = self.loaded.tokenizer.decode
+        try:
+            while True:
+                item = tokens.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                ids.extend(item)
+                ids, reason = self._finish(ids, p.max_new_tokens)
+                text = decode(ids, skip_special_tokens=True).strip()
+                # Hold back an unfinished UTF-8 character; trailing space waits for what follows it.
+                if text.endswith("\ufffd") or not text.startswith(sent) or len(text) == len(sent):
+                    continue
+                piece, sent = text[len(sent):], text
+                yield piece
+                if reason == "stop" or len(ids) >= p.max_new_tokens:
+                    break
+            text = decode(ids, skip_special_tokens=True).strip()
+            if text.startswith(sent) and len(text) > len(sent):
+                yield text[len(sent):]
+            yield StreamEnd(p.mode, p.doc_id, p.variant, len(p.prompt), len(ids), reason,
+                            round(time.perf_counter() - start, 3), p.view)
+        finally:
+            cancel.set()
+            thread.join()
 
     def stream_answer(
         self,
@@ -332,29 +642,10 @@ class LiftEngine:
         max_new_tokens: int | None = None,
     ) -> Iterator[str]:
         """Yield the answer's text as it is generated (same arguments as :meth:`answer`)."""
-        from transformers import TextIteratorStreamer
-
-        mode = mode or self.config.inference.mode
-        p = self._prepare(question, doc, mode, variant, context_window)
-        module, disable = p.module, p.disable
-        streamer = TextIteratorStreamer(self.loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = self._generate_kwargs(p.prompt, max_new_tokens)
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                with torch.inference_mode(), disable:
-                    module.generate(**kwargs, streamer=streamer)
-            except BaseException as exc:  # surfaced in the caller's thread below
-                errors.append(exc)
-                streamer.end()
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        yield from streamer
-        thread.join()
-        if errors:
-            raise errors[0]
+        q = Question(question, doc, mode, variant=variant, context_window=context_window, max_new_tokens=max_new_tokens)
+        for item in self.stream(q):
+            if isinstance(item, str):
+                yield item
 
 
 def engine_for_manifest(manifest: Manifest, config: LiftConfig, store: AdapterStore) -> LiftEngine:

@@ -304,9 +304,16 @@ class AdapterStore:
                 )
         return rows
 
-    def adapter_dir(self, doc_id: str, variant: str, scratch: Path | None = None) -> Path:
-        """A local directory with the adapter's files, verified against the manifest's hashes."""
-        manifest = self.manifest(doc_id, variant)
+    def adapter_dir(
+        self, doc_id: str, variant: str, scratch: Path | None = None, manifest: Manifest | None = None
+    ) -> Path:
+        """A local directory with the adapter's files, verified against the manifest's hashes.
+
+        Args:
+            scratch: where a remote store's files are fetched to (required for remote stores).
+            manifest: the entry's manifest if already read (it is read otherwise).
+        """
+        manifest = manifest if manifest is not None else self.manifest(doc_id, variant)
         remote = self._adapter_dir(doc_id, variant)
         if self._local:
             local = Path(remote)

@@ -36,3 +36,36 @@ def test_rayjob_bulk_manifest_runs_a_valid_lift_ray_bulk_command():
     images = {c["image"] for g in [cluster["headGroupSpec"], *groups] for c in g["template"]["spec"]["containers"]}
     assert len(images) == 1, "head and workers must run the same image"
     assert "COPY --chown=ray:users deploy ./deploy" in (ROOT / "deploy/Dockerfile").read_text()
+
+
+def _serve_configs():
+    from ray.serve.schema import ServeDeploySchema
+
+    local = yaml.safe_load((ROOT / "deploy/serve/lift-ray-serve.yaml").read_text())
+    service = yaml.safe_load((ROOT / "deploy/kuberay/rayservice.yaml").read_text())
+    assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
+    embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
+    return [(name, ServeDeploySchema.model_validate(cfg), cfg) for name, cfg in (("serve", local), ("rayservice", embedded))]
+
+
+def test_serve_configs_validate_against_serve_schema_and_serve_config():
+    from lift_ray.config import ServeConfig
+
+    for name, schema, raw in _serve_configs():
+        [app] = schema.applications
+        assert app.import_path == "lift_ray.serve:app_builder", name
+        args = ServeConfig.model_validate(app.args)  # every arg is a ServeConfig field
+        assert args.adapters_per_replica >= 1
+        if name == "serve":
+            assert raw["http_options"]["host"] == "127.0.0.1", "Serve's YAML default would bind 0.0.0.0"
+        else:
+            config = args.config
+            assert config.startswith(IMAGE_ROOT + "/") and (ROOT / config[len(IMAGE_ROOT) + 1 :]).is_file()
+
+
+def test_rayservice_cluster_holds_the_replicas_and_the_absorber():
+    service = yaml.safe_load((ROOT / "deploy/kuberay/rayservice.yaml").read_text())
+    args = _serve_configs()[1][1].applications[0].args
+    groups = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    gpus = sum(g["replicas"] * _quantity(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", "0")) for g in groups)
+    assert gpus >= args["replicas"] * args["gpus_per_replica"] + args.get("absorb_gpus", 0)

@@ -53,7 +53,7 @@ def test_modes_answer_and_base_is_restored(engine, absorbed):
         assert 0 < ans.new_tokens <= engine.config.inference.max_new_tokens
         assert ans.variant == (absorbed.variant if mode.startswith("lift") else None)
         assert ans.view == {"lift": None, "rag": "retrieved", "lift+rag": "retrieved"}.get(mode, "head_tail")
-    assert engine._attached == (absorbed.doc_id, absorbed.variant)  # kept for the next question
+    assert engine.resident_adapters() == [(absorbed.doc_id, absorbed.variant)]  # kept for the next question
     engine.detach()
     assert engine.loaded.model is base_model  # never reloaded
     assert torch.equal(_logits(engine.loaded.model), base)
@@ -67,10 +67,17 @@ def test_icl_with_an_adapter_attached_equals_plain_icl(engine, absorbed):
     # ...while lift+icl asks with the same prompt through the trained adapter, which changes the output.
     lift_icl = engine.answer("Who keeps a tortoise?", absorbed.doc_id, "lift+icl")
     assert lift_icl.variant == absorbed.variant and lift_icl.prompt_tokens == plain.prompt_tokens
-    with torch.no_grad():
-        adapted = engine._handle.module(input_ids=IDS).logits
-        with engine._handle.disabled():
-            base = engine._handle.module(input_ids=IDS).logits
+    entries = engine._acquire([engine.manifests.get(absorbed.doc_id)])
+    try:
+        with torch.no_grad():
+            logits = {}
+            for name, rows in (("adapted", entries), ("base", [None])):
+                context, route = engine.resident.routing(rows)
+                with context:
+                    logits[name] = engine.resident.module(input_ids=IDS, **route).logits
+    finally:
+        engine._release(entries)
+    adapted, base = logits["adapted"], logits["base"]
     assert not torch.allclose(adapted, base, atol=1e-5), "the trained adapter left the logits unchanged"
     engine.detach()
 
@@ -101,7 +108,7 @@ def test_adapter_from_another_base_model_is_refused(engine, absorbed):
     engine.loaded.weights_hash = "sha256:another-model"
     with pytest.raises(AdapterError, match="trained on .* the loaded base model is"):
         engine.answer("Who?", absorbed.doc_id, "lift")
-    assert engine._handle is None and not hasattr(engine.loaded.model, "peft_config")
+    assert engine.resident_adapters() == [] and not hasattr(engine.loaded.model, "peft_config")
     assert manifest.base_model.weights_hash != engine.loaded.weights_hash
 
 
@@ -109,7 +116,7 @@ def test_document_is_read_once_for_many_questions(engine, absorbed, monkeypatch)
     reads = []
     real = engine.store.text
     monkeypatch.setattr(engine.store, "text", lambda doc_id: reads.append(doc_id) or real(doc_id))
-    engine._doc_tokens = None
+    engine._doc_tokens.clear()
     engine.answer("Who?", absorbed.doc_id, "lift")
     assert reads == []  # lift mode never needs the text
     for question in ("Who?", "What?", "Where?"):

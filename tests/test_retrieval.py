@@ -5,7 +5,7 @@ import random
 import pytest
 
 from lift_ray.config import ConfigError, build_config
-from lift_ray.infer import LiftEngine
+from lift_ray.infer import LiftEngine, Question
 from lift_ray.retrieval import RetrievalIndex, chunk_spans, index_key, retrieved_view, sentence_ends
 from lift_ray.store import AdapterStore, RETRIEVAL_MARKER
 from lift_ray.text import normalize_text
@@ -133,7 +133,7 @@ def test_rag_puts_the_middle_chunk_holding_the_answer_in_the_prompt(engine):
     assert 0.3 < planted / len(tok.decode(doc)) < 0.7  # the answer lies in the middle, outside head…tail
     prompts = {}
     for mode in ("icl", "rag"):
-        p = engine._prepare("What is the vault code of the lighthouse?", text, mode, None, window)
+        p = engine.prepare(Question("What is the vault code of the lighthouse?", text, mode, context_window=window))
         prompts[mode] = tok.decode(p.prompt)
         assert p.view == ("head_tail" if mode == "icl" else "retrieved")
     assert "Zanthoric" in prompts["rag"] and "Zanthoric" not in prompts["icl"]

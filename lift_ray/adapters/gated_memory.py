@@ -176,6 +176,54 @@ def gate_offset(gate_init: float) -> float:
     return -math.log(gate_init / (1.0 - gate_init)) / 3.0
 
 
+def build_memory(model: nn.Module, cfg: GatedMemoryAdapterConfig) -> GatedMemory:
+    """A fresh (untrained) Gated Memory shaped for ``model``'s attention layers, on their devices.
+
+    Raises:
+        AdapterError: unsupported architecture or unexpected projection shapes.
+    """
+    arch = _arch_of(model)
+    num_heads, head_dim = _head_shape(model.config)
+    layers = []
+    for i, layer in enumerate(_get(model, arch.layers)):
+        attention = _get(layer, arch.attention)
+        q_proj, o_proj = _base_linear(attention, arch.q_proj), _base_linear(attention, arch.o_proj)
+        if q_proj.out_features != num_heads * head_dim or o_proj.in_features != num_heads * head_dim:
+            raise AdapterError(
+                f"layer {i}: q_proj gives {q_proj.out_features} and o_proj takes {o_proj.in_features} "
+                f"features, expected {num_heads} heads × {head_dim}"
+            )
+        layers.append(
+            GatedMemoryLayer(
+                num_heads,
+                head_dim,
+                memory_hidden=cfg.memory_expansion * head_dim,
+                gate_hidden=cfg.gate_hidden,
+                gate_offset=gate_offset(cfg.gate_init),
+                device=o_proj.weight.device,
+            )
+        )
+    return GatedMemory(layers)
+
+
+def _base_linear(attention: nn.Module, path: str) -> nn.Module:
+    """The projection itself, also when peft has wrapped it (a LoRA resident beside a Gated Memory):
+    hooks on the inner layer survive peft's wrapping and unloading."""
+    module = _get(attention, path)
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
+
+
+def _install_hooks(model: nn.Module, keep_query, mix) -> list[torch.utils.hooks.RemovableHandle]:
+    """``keep_query(i, ...)`` after every layer's q_proj and ``mix(i, ...)`` before its o_proj."""
+    arch = _arch_of(model)
+    hooks = []
+    for i, layer in enumerate(_get(model, arch.layers)):
+        attention = _get(layer, arch.attention)
+        hooks.append(_base_linear(attention, arch.q_proj).register_forward_hook(functools.partial(keep_query, i)))
+        hooks.append(_base_linear(attention, arch.o_proj).register_forward_pre_hook(functools.partial(mix, i)))
+    return hooks
+
+
 class GatedMemoryHandle:
     """A Gated Memory attached to a base model through hooks; ``module`` is the base model itself."""
 
@@ -203,35 +251,12 @@ class GatedMemoryHandle:
         Raises:
             AdapterError: unsupported architecture, unexpected projection shapes, or already attached.
         """
-        arch = _arch_of(model)
         if model in _ATTACHED:
             raise AdapterError("this model already carries a Gated Memory; detach it first")
-        num_heads, head_dim = _head_shape(model.config)
-        attentions = [_get(layer, arch.attention) for layer in _get(model, arch.layers)]
-        layers = []
-        for i, attention in enumerate(attentions):
-            q_proj, o_proj = _get(attention, arch.q_proj), _get(attention, arch.o_proj)
-            if q_proj.out_features != num_heads * head_dim or o_proj.in_features != num_heads * head_dim:
-                raise AdapterError(
-                    f"layer {i}: q_proj gives {q_proj.out_features} and o_proj takes {o_proj.in_features} "
-                    f"features, expected {num_heads} heads × {head_dim}"
-                )
-            layers.append(
-                GatedMemoryLayer(
-                    num_heads,
-                    head_dim,
-                    memory_hidden=cfg.memory_expansion * head_dim,
-                    gate_hidden=cfg.gate_hidden,
-                    gate_offset=gate_offset(cfg.gate_init),
-                    device=o_proj.weight.device,
-                )
-            )
-        handle = cls(model, GatedMemory(layers), cfg, base_model_id)
+        memory = build_memory(model, cfg)
+        handle = cls(model, memory, cfg, base_model_id)
         model.requires_grad_(False)
-        for i, attention in enumerate(attentions):
-            q_proj, o_proj = _get(attention, arch.q_proj), _get(attention, arch.o_proj)
-            handle._hooks.append(q_proj.register_forward_hook(functools.partial(handle._keep_query, i)))
-            handle._hooks.append(o_proj.register_forward_pre_hook(functools.partial(handle._mix, i)))
+        handle._hooks = _install_hooks(model, handle._keep_query, handle._mix)
         _ATTACHED.add(model)
         return handle
 
@@ -319,3 +344,85 @@ class GatedMemoryHandle:
         self._stash = _QueryStash(len(self.memory.layers))
         self.module = None
         return self._base
+
+
+class GatedMemoryBank:
+    """Many documents' Gated Memories resident on one base model; each batch row reads its own.
+
+    Serving keeps up to K documents' memories on the device and answers a batch whose rows belong
+    to different documents (or to none: ``icl`` rows) in one forward. The hooks are the same two per
+    layer as :class:`GatedMemoryHandle`'s; the o_proj hook mixes each row with the memory that row
+    names (:meth:`rows`) and passes rows without one through untouched, so those rows compute
+    exactly the base model. Rows sharing a memory are mixed together, a memory used by every row
+    runs on the whole batch.
+
+    Callers serialise forwards (the engine's lock): the row assignment is one per bank.
+    """
+
+    def __init__(self, model: nn.Module):
+        if model in _ATTACHED:
+            raise AdapterError("this model already carries a Gated Memory; detach it first")
+        _arch_of(model)
+        self.model = model
+        self.memories: dict[str, GatedMemory] = {}
+        self._rows: list[str | None] | None = None
+        self._stash = _QueryStash(len(_get(model, _arch_of(model).layers)))
+        self._hooks = _install_hooks(model, self._keep_query, self._mix)
+        _ATTACHED.add(model)
+
+    def add(self, name: str, cfg: GatedMemoryAdapterConfig, state: dict[str, torch.Tensor]) -> None:
+        """Make ``state`` (a saved Gated Memory) resident under ``name``.
+
+        Raises:
+            AdapterError: the weights do not fit this base model; nothing is kept.
+        """
+        memory = build_memory(self.model, cfg).requires_grad_(False)
+        check_state_dict(memory.state_dict(), state, "Gated Memory")
+        memory.load_state_dict(state)
+        self.memories[name] = memory
+
+    def remove(self, name: str) -> None:
+        self.memories.pop(name, None)
+
+    @contextlib.contextmanager
+    def rows(self, names: list[str | None]) -> Iterator[None]:
+        """Within the context, batch row i reads memory ``names[i]`` (None: the base model)."""
+        unknown = {n for n in names if n is not None and n not in self.memories}
+        if unknown:
+            raise AdapterError(f"Gated Memory bank: no resident memory {sorted(unknown)}")
+        was, self._rows = self._rows, list(names)
+        try:
+            yield
+        finally:
+            self._rows = was
+
+    def _keep_query(self, index: int, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self._stash.queries[index] = output  # (B, T, H·D), pre-RoPE
+
+    def _mix(self, index: int, module: nn.Module, args: tuple) -> tuple | None:
+        queries = self._stash.queries
+        query, queries[index] = queries[index], None
+        rows = self._rows
+        if rows is None or all(name is None for name in rows):
+            return None
+        attn, *rest = args  # (B, T, H·D)
+        if attn.shape[0] != len(rows):
+            raise RuntimeError(f"Gated Memory bank: batch of {attn.shape[0]} rows, {len(rows)} row assignments")
+        if all(name == rows[0] for name in rows):
+            mixed, _ = self.memories[rows[0]].layers[index](query, attn)
+            return (mixed, *rest)
+        out = attn.clone()
+        for name in dict.fromkeys(n for n in rows if n is not None):
+            idx = torch.tensor([i for i, n in enumerate(rows) if n == name], device=attn.device)
+            mixed, _ = self.memories[name].layers[index](query.index_select(0, idx), attn.index_select(0, idx))
+            out.index_copy_(0, idx, mixed)
+        return (out, *rest)
+
+    def detach(self) -> nn.Module:
+        """Remove the hooks and every memory; the base model is as before (a second call is a no-op)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        self.memories.clear()
+        _ATTACHED.discard(self.model)
+        return self.model

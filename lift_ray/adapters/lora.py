@@ -35,19 +35,11 @@ class LoraHandle:
 
     @classmethod
     def attach(cls, model: torch.nn.Module, cfg: LoraAdapterConfig, base_model_id: str | None = None) -> "LoraHandle":
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        if cfg.r is None or cfg.alpha is None or cfg.target_modules is None:
-            raise AdapterError("LoRA config is not resolved (r, alpha and target_modules must be set)")
         if hasattr(model, "peft_config"):
             raise AdapterError("this model already carries a peft adapter; detach it first")
-        peft_cfg = LoraConfig(
-            r=cfg.r,
-            lora_alpha=cfg.alpha,
-            lora_dropout=cfg.dropout,
-            target_modules=cfg.target_modules,
-            task_type="CAUSAL_LM",
-        )
+        peft_cfg = _peft_config(cfg)
         try:
             with warnings.catch_warnings():
                 # peft reads transformers' deprecated `is_gradient_checkpointing` property (not our call).
@@ -90,9 +82,110 @@ class LoraHandle:
         return self.module.disable_adapter()
 
     def detach(self) -> torch.nn.Module:
-        base = self.module.unload()  # puts the original Linear modules back, without merging
-        for attr in ("peft_config", "_hf_peft_config_loaded"):
-            if attr in base.__dict__:
-                delattr(base, attr)
+        base = _unload(self.module)
         self.module = None
         return base
+
+
+def _peft_config(cfg: LoraAdapterConfig, inference: bool = False):
+    from peft import LoraConfig
+
+    if cfg.r is None or cfg.alpha is None or cfg.target_modules is None:
+        raise AdapterError("LoRA config is not resolved (r, alpha and target_modules must be set)")
+    return LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        task_type="CAUSAL_LM",
+        inference_mode=inference,
+    )
+
+
+def _unload(peft_model) -> torch.nn.Module:
+    base = peft_model.unload()  # puts the original Linear modules back, without merging
+    for attr in ("peft_config", "_hf_peft_config_loaded"):
+        if attr in base.__dict__:
+            delattr(base, attr)
+    return base
+
+
+# peft's reserved adapter name for "no adapter" in a mixed batch.
+BASE_ROW = "__base__"
+
+
+class LoraBank:
+    """Many documents' LoRA adapters resident on one base model, as peft named adapters.
+
+    A batch whose rows belong to different documents runs in one forward through peft's mixed-adapter
+    batches (``adapter_names=``, one name per row; :data:`BASE_ROW` rows compute the base model).
+    peft wraps the base model on the first :meth:`add` and unwraps it when the last adapter goes, so
+    an empty bank leaves the base exactly as it was.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.base = model
+        self.peft_model = None
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """What generate is called on: the peft model while any adapter is resident, else the base."""
+        return self.peft_model if self.peft_model is not None else self.base
+
+    @property
+    def names(self) -> list[str]:
+        return [] if self.peft_model is None else list(self.peft_model.peft_config)
+
+    def add(self, name: str, cfg: LoraAdapterConfig, state: dict[str, torch.Tensor]) -> None:
+        """Make ``state`` (a saved LoRA) resident under ``name``.
+
+        Raises:
+            AdapterError: the weights do not fit this base model; nothing is kept.
+        """
+        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+        peft_cfg = _peft_config(cfg, inference=True)
+        if hasattr(self.base, "peft_config") and self.peft_model is None:
+            raise AdapterError("this model already carries a peft adapter; detach it first")
+        # The new adapter's tensors are created empty (meta) and take the loaded weights as they are:
+        # no random initialisation to throw away, which is most of a cold load's time.
+        try:
+            if self.peft_model is None:
+                self.peft_model = get_peft_model(self.base, peft_cfg, adapter_name=name, low_cpu_mem_usage=True)
+            else:
+                self.peft_model.add_adapter(name, peft_cfg, low_cpu_mem_usage=True)
+        except ValueError as exc:
+            raise AdapterError(f"cannot attach LoRA: {exc}") from None
+        try:
+            expected = get_peft_model_state_dict(self.peft_model, adapter_name=name)
+            check_state_dict(expected, state, "LoRA")
+            device = next(self.base.parameters()).device
+            state = {k: v.to(device=device, dtype=torch.float32) for k, v in state.items()}
+            result = set_peft_model_state_dict(self.peft_model, state, adapter_name=name, low_cpu_mem_usage=True)
+            if result.unexpected_keys:
+                raise AdapterError(f"LoRA: unexpected keys {result.unexpected_keys[:3]}")
+        except Exception:
+            self.remove(name)
+            raise
+        self.peft_model.eval()
+
+    def remove(self, name: str) -> None:
+        if self.peft_model is None or name not in self.peft_model.peft_config:
+            return
+        if len(self.peft_model.peft_config) == 1:
+            self.detach()
+        else:
+            import warnings
+
+            with warnings.catch_warnings():  # "adapter ... was active": there is no single active one here
+                warnings.simplefilter("ignore", UserWarning)
+                self.peft_model.delete_adapter(name)
+
+    def adapter_names(self, rows: list[str | None]) -> list[str]:
+        return [BASE_ROW if name is None else name for name in rows]
+
+    def detach(self) -> torch.nn.Module:
+        if self.peft_model is not None:
+            self.base = _unload(self.peft_model)
+            self.peft_model = None
+        return self.base
