@@ -24,7 +24,50 @@ from lift_ray.retrieval import RetrievalIndex, index_key
 from lift_ray.segments import Sample, chat_format, segment_samples
 from lift_ray.store import AdapterStore, BaseModelRef, Manifest, TrainMetrics, doc_id_for, now_iso, sha256_file, variant_id
 from lift_ray.text import DocumentError, check_document_text, decode_document, read_document  # noqa: F401  (absorb's input errors)
-from lift_ray.train import train_adapter
+from lift_ray.train import StepProgress, train_adapter
+
+
+@dataclasses.dataclass(frozen=True)
+class AbsorbProgress:
+    """Where an absorb stands: what ``absorb_document(on_progress=...)`` receives.
+
+    ``stage`` is "qa" (writing the auxiliary QA pairs), "train" (``name`` says which training
+    stage, ``index`` of ``count``; epoch, step and loss come from the training loop), or
+    "publish" (writing the adapter to the store).
+    """
+
+    stage: str
+    name: str = ""
+    index: int = 0
+    count: int = 0
+    epoch: int | None = None
+    epochs: int | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    loss: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        """Share of the absorb done, 0-1: the QA pairs first, then training stages in equal parts."""
+        if self.stage == "qa":
+            return 0.0
+        if self.stage == "publish":
+            return 1.0
+        within = (self.step or 0) / self.total_steps if self.total_steps else 0.0
+        return ((self.index - 1) + within) / max(self.count, 1)
+
+    def describe(self) -> str:
+        """One line for a progress bar: "stage 2/2 segments+QA · epoch 3/5 · loss 0.412"."""
+        if self.stage == "qa":
+            return "writing auxiliary QA pairs"
+        if self.stage == "publish":
+            return "publishing the adapter"
+        text = f"stage {self.index}/{self.count} {self.name}"
+        if self.epoch is not None:
+            text += f" · epoch {self.epoch}/{self.epochs}"
+        if self.loss is not None:
+            text += f" · loss {self.loss:.3f}"
+        return text
 
 
 @dataclasses.dataclass
@@ -58,6 +101,7 @@ def absorb_document(
     alias: str | None = None,
     title: str | None = None,
     claim: Callable[[str], bool] | None = None,
+    on_progress: Callable[[AbsorbProgress], None] | None = None,
 ) -> AbsorbResult:
     """Train an adapter on ``text`` and publish it, unless this variant is already in the store.
 
@@ -71,6 +115,8 @@ def absorb_document(
         alias, title: the source's id and title of the document, kept in the manifest.
         claim: asked with the doc id right before publishing; False means another worker owns the
             document now (its lease was given away), so the trained adapter is dropped unpublished.
+        on_progress: called with an :class:`AbsorbProgress` at each stage and after every
+            optimiser step; an exception it raises stops the absorb with nothing published.
 
     Raises:
         DocumentError: empty, binary or oversized text; nothing is written.
@@ -87,6 +133,7 @@ def absorb_document(
     doc_tokens = tok(text, add_special_tokens=False)["input_ids"]
     seg = cfg.segments
     fmt = chat_format(tok)
+    report = on_progress or (lambda event: None)
     samples, budgets = segment_samples(
         doc_tokens,
         fmt=fmt,
@@ -98,6 +145,7 @@ def absorb_document(
         recite_prompt=seg.recite_prompt,
         mixin=seg.mixin,
     )
+    report(AbsorbProgress("qa"))
     pairs = auxiliary_pairs(loaded, text, doc_id, cfg, store)
     qa = qa_samples(
         pairs,
@@ -121,16 +169,23 @@ def absorb_document(
     torch.manual_seed(cfg.train.seed)  # adapter initialisation is part of the reproducible run
     handle = attach_adapter(loaded.model, cfg.adapter, base_model_id=loaded.model_id)
     try:
-        stage_metrics = [
-            train_adapter(
-                handle,
-                stage_samples,
-                cfg.train.model_copy(update={"epochs": epochs}),
-                progress=progress,
-                desc=f"stage {i}/{len(stages)} {name}",
+        stage_metrics = []
+        for i, (name, stage_samples, epochs) in enumerate(stages, 1):
+
+            def on_step(step: StepProgress, i=i, name=name) -> None:
+                report(AbsorbProgress("train", name, i, len(stages), step.epoch, step.epochs, step.step, step.total_steps, step.loss))
+
+            report(AbsorbProgress("train", name, i, len(stages), None, epochs))
+            stage_metrics.append(
+                train_adapter(
+                    handle,
+                    stage_samples,
+                    cfg.train.model_copy(update={"epochs": epochs}),
+                    progress=progress,
+                    desc=f"stage {i}/{len(stages)} {name}",
+                    on_step=on_step,
+                )
             )
-            for i, (name, stage_samples, epochs) in enumerate(stages, 1)
-        ]
         metrics = combine_metrics(stage_metrics)
         with tempfile.TemporaryDirectory(prefix="lift-ray-adapter-") as tmp:
             names = handle.save(Path(tmp))
@@ -168,6 +223,7 @@ def absorb_document(
                 return AbsorbResult(
                     doc_id, variant, "lease_lost", len(doc_tokens), store.uri, round(time.perf_counter() - start, 3), metrics
                 )
+            report(AbsorbProgress("publish"))
             # The rag modes' index is built once here and kept beside the document for every reader.
             r = cfg.retrieval
             index = RetrievalIndex.build(text, tok, r.chunk_tokens, r.overlap_tokens)

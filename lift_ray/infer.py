@@ -18,7 +18,7 @@ import dataclasses
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 import torch
@@ -330,31 +330,44 @@ class LiftEngine:
         variant: str | None = None,
         context_window: int | None = None,
         max_new_tokens: int | None = None,
-    ) -> Iterator[str]:
-        """Yield the answer's text as it is generated (same arguments as :meth:`answer`)."""
+    ) -> Generator[str, None, Answer]:
+        """Yield the answer's text as it is generated (same arguments as :meth:`answer`).
+
+        Returns:
+            The whole :class:`Answer` with its token counts, as the generator's return value
+            (``answer = yield from engine.stream_answer(...)``; a plain ``for`` loop ignores it).
+        """
         from transformers import TextIteratorStreamer
 
         mode = mode or self.config.inference.mode
+        start = time.perf_counter()
         p = self._prepare(question, doc, mode, variant, context_window)
         module, disable = p.module, p.disable
         streamer = TextIteratorStreamer(self.loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = self._generate_kwargs(p.prompt, max_new_tokens)
         errors: list[BaseException] = []
+        outputs: list[torch.Tensor] = []
 
         def run() -> None:
             try:
                 with torch.inference_mode(), disable:
-                    module.generate(**kwargs, streamer=streamer)
+                    outputs.append(module.generate(**kwargs, streamer=streamer))
             except BaseException as exc:  # surfaced in the caller's thread below
                 errors.append(exc)
                 streamer.end()
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        yield from streamer
+        pieces = []
+        for piece in streamer:
+            pieces.append(piece)
+            yield piece
         thread.join()
         if errors:
             raise errors[0]
+        new_tokens = int(outputs[0].shape[1] - len(p.prompt))
+        seconds = round(time.perf_counter() - start, 3)
+        return Answer("".join(pieces).strip(), mode, p.doc_id, p.variant, question, len(p.prompt), new_tokens, seconds, p.view)
 
 
 def engine_for_manifest(manifest: Manifest, config: LiftConfig, store: AdapterStore) -> LiftEngine:

@@ -9,9 +9,11 @@ token is predicted, which skips most of the LM head on long prompts.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,17 @@ def _set_checkpointing(module: torch.nn.Module, on: bool) -> None:
         module.gradient_checkpointing_disable()
 
 
+@dataclasses.dataclass(frozen=True)
+class StepProgress:
+    """One optimiser step done: what a progress callback of :func:`train_adapter` receives."""
+
+    step: int  # 1-based, of total_steps
+    total_steps: int
+    epoch: int  # 1-based, of epochs
+    epochs: int
+    loss: float  # mean target loss of this step
+
+
 def packed_loss(module: torch.nn.Module, batch: PackedBatch) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy over the target tokens of a packed batch, and their count."""
     # Logits only where a target is predicted (a shared prefix position may serve several branches).
@@ -58,6 +71,7 @@ def train_adapter(
     *,
     progress: bool = True,
     desc: str = "absorb",
+    on_step: Callable[[StepProgress], None] | None = None,
 ) -> TrainMetrics:
     """Train ``handle``'s parameters on ``samples`` for ``cfg.epochs`` epochs; seeded and reproducible.
 
@@ -67,6 +81,8 @@ def train_adapter(
         cfg: a resolved TrainConfig (epochs, learning_rate and samples_per_step set).
         progress: show a tqdm bar with the loss on stderr.
         desc: label of the progress bar.
+        on_step: called after every optimiser step (a UI's progress bar, a job's status); an
+            exception it raises stops training.
 
     Returns:
         TrainMetrics of the run.
@@ -95,7 +111,7 @@ def train_adapter(
         plans.append(group_for_packing(order, cfg.samples_per_step))
     total_steps = sum(len(p) for p in plans)
     bar = tqdm(total=total_steps, desc=desc, file=sys.stderr, disable=not progress, dynamic_ncols=True, leave=False)
-    sample_tokens = computed_tokens = target_tokens = 0
+    sample_tokens = computed_tokens = target_tokens = steps_done = 0
     epoch_losses: list[float] = []
     start = time.perf_counter()
     try:
@@ -115,8 +131,11 @@ def train_adapter(
                 sample_tokens += batch.num_tokens_unpacked
                 computed_tokens += batch.input_ids.shape[1]
                 target_tokens += n_targets
+                steps_done += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.3f}", epoch=len(epoch_losses) + 1)
+                if on_step is not None:
+                    on_step(StepProgress(steps_done, total_steps, len(epoch_losses) + 1, cfg.epochs, value))
             epoch_losses.append(loss_sum / max(loss_count, 1))
     finally:
         bar.close()

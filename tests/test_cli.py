@@ -39,7 +39,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
-EXPECTED_VERBS = ["absorb", "ask", "docs", "models", "bulk", "eval", "niah"]
+EXPECTED_VERBS = ["absorb", "ask", "docs", "models", "bulk", "eval", "niah", "ui"]
 
 
 def test_verbs_and_help(capsys):
