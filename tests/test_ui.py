@@ -426,3 +426,174 @@ def test_cli_refuses_a_missing_api_key_variable(capsys):
     assert main(["ui", "--serve-url", "http://127.0.0.1:9", "--api-key-env", "LIFT_RAY_TEST_NO_SUCH_KEY"]) == 2
     assert "LIFT_RAY_TEST_NO_SUCH_KEY" in capsys.readouterr().err
     assert main(["ui", "--api-key-env", "X"]) == 2
+
+
+# --- the HTTP backend against a stand-in of the Serve API -------------------------------------------
+# lift_ray.serve (issue 12) is being built concurrently; until it lands, the HTTP backend is tested
+# against this stand-in, written to that issue's endpoint spec over the same engine.
+
+API_KEY = "ui-test-key"
+
+
+def _serve_standin(engine):
+    """A FastAPI app with the Serve API's endpoints, answering through ``engine``."""
+    import threading
+    import uuid
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    api = FastAPI()
+    jobs: dict[str, dict] = {}
+    lock = threading.Lock()  # the engine answers one request at a time
+
+    def error(status: int, message: str, code: str) -> JSONResponse:
+        return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}, status)
+
+    @api.middleware("http")
+    async def auth(request: Request, call_next):
+        if request.headers.get("authorization") != f"Bearer {API_KEY}":
+            return error(401, "invalid API key", "invalid_api_key")
+        return await call_next(request)
+
+    @api.get("/v1/models")
+    def models():
+        data = [{"id": engine.loaded.model_id, "object": "model", "owned_by": "base"}]
+        for row in engine.store.list_docs():
+            manifest = engine.store.latest_manifest(row["doc_id"])
+            data.append({"id": row["doc_id"], "object": "model", "owned_by": "lift-ray", "alias": row["alias"],
+                         "title": row["title"], "num_tokens": row["num_tokens"], "variants": row["variants"],
+                         "adapter_kinds": [manifest.adapter_kind], "context_window": manifest.context_window,
+                         "created": row["created_at"]})
+        return {"object": "list", "data": data}
+
+    @api.post("/v1/documents", status_code=202)
+    def documents(body: dict):
+        job_id = uuid.uuid4().hex
+        jobs[job_id] = {"id": job_id, "status": "queued"}
+
+        def work():
+            def on_progress(event):
+                jobs[job_id].update(status="absorbing", stage=event.describe().split(" · ")[0], epoch=event.epoch,
+                                    epochs=event.epochs, loss=event.loss)
+                time.sleep(0.05)  # slow enough for a poller to see the stages
+
+            try:
+                with lock:
+                    result = engine.absorb(body["text"], progress=False, title=body.get("title"), on_progress=on_progress)
+                jobs[job_id].update(status="absorbed", doc_id=result.doc_id, num_tokens=result.num_tokens)
+            except Exception as exc:  # noqa: BLE001 (reported to the client as the spec says)
+                jobs[job_id].update(status="failed", reason=str(exc))
+
+        threading.Thread(target=work, daemon=True).start()
+        return {"id": job_id, "status": "queued"}
+
+    @api.get("/v1/documents/{job_id}")
+    def job(job_id: str):
+        return jobs[job_id] if job_id in jobs else error(404, f"no job {job_id}", "not_found")
+
+    @api.post("/v1/chat/completions")
+    def chat(body: dict):
+        doc, mode = body["model"], body.get("lift_mode", "lift+icl")
+        if doc not in [r["doc_id"] for r in engine.store.list_docs()]:
+            return error(404, f"model {doc} does not exist", "model_not_found")
+        question = body["messages"][-1]["content"]
+
+        def events():
+            with lock:
+                pieces = engine.stream_answer(question, doc, mode, max_new_tokens=body.get("max_tokens"))
+                while True:
+                    try:
+                        piece = next(pieces)
+                    except StopIteration as done:
+                        answer = done.value
+                        break
+                    yield "data: " + json.dumps({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": piece}}]}) + "\n\n"
+            usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.new_tokens}
+            yield "data: " + json.dumps({"object": "chat.completion.chunk", "choices": [], "usage": usage}) + "\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return api
+
+
+@pytest.fixture(scope="module")
+def serve_url(tiny_model_dir, tmp_path_factory):
+    import threading
+
+    import uvicorn
+
+    engine = _tiny_engine(tiny_model_dir, tmp_path_factory.mktemp("serve-store"))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(_serve_standin(engine), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", engine
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_http_backend_absorbs_and_answers_like_the_engine(serve_url):
+    from ui.backends import HttpBackend
+
+    url, engine = serve_url
+    backend = HttpBackend(url + "/v1", API_KEY, poll_interval=0.02)
+    events = []
+    outcome = backend.absorb(DOCUMENT, title="over http", on_progress=lambda f, d: events.append(d))
+    assert outcome.status == "absorbed" and len(outcome.doc_id) == 32
+    assert any(re.fullmatch(r"absorbing · stage \d/\d segments(\+QA)? · epoch \d+/\d+ · loss \d+\.\d{3}", d) for d in events)
+    rows = backend.list_docs()
+    assert [(r.doc_id, r.title, r.adapter_kinds) for r in rows] == [(outcome.doc_id, "over http", ["lora"])]
+    view = backend.document_view(outcome.doc_id)  # the text absorbed from this page, the served model's tokenizer
+    assert view is not None and view.window == 48 and 0 < view.head_end < view.tail_start < len(view.text)
+    for mode in ("icl", "lift+icl"):
+        stream = backend.stream("Who designed the lighthouse?", outcome.doc_id, mode)
+        pieces = []
+        while True:
+            try:
+                pieces.append(next(stream))
+            except StopIteration as done:
+                usage = done.value
+                break
+        expected = engine.answer("Who designed the lighthouse?", outcome.doc_id, mode)
+        assert "".join(pieces).strip() == expected.answer
+        assert (usage.prompt_tokens, usage.completion_tokens) == (expected.prompt_tokens, expected.new_tokens)
+
+
+def test_the_app_works_the_same_over_http(serve_url, tmp_path):
+    """The tabs do not know their backend: the Compare flow through gradio_client, served over HTTP."""
+    from gradio_client import Client
+
+    from ui.app import PANEL_MODES, launch
+    from ui.backends import HttpBackend
+
+    url, engine = serve_url
+    port = free_port()
+    demo = launch(HttpBackend(url, API_KEY, poll_interval=0.02), port=port, block=False, niah_results=None, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        status, table, _ = client.predict(DOCUMENT + " Served.", "second", api_name="/absorb")
+        doc_id = next(row[1] for row in table["data"] if row[0] == "second")
+        assert doc_id in status
+        out = client.predict(doc_id, "Who keeps a tortoise?", ["icl", "lift+icl"], api_name="/ask")
+        k = PANEL_MODES.index("lift+icl")
+        assert out[k] == engine.answer("Who keeps a tortoise?", doc_id, "lift+icl").answer
+        assert "prompt tokens" in out[len(PANEL_MODES) + k]
+        with pytest.raises(Exception, match="NIAH grids run with the in-process engine"):
+            client.predict("64", "50", "n.", "q?", "a", 32, "", api_name="/niah")
+        client.close()
+    finally:
+        demo.close()
+
+
+def test_http_backend_shows_a_refused_key_and_an_unknown_document(serve_url):
+    from ui.backends import BackendError, HttpBackend
+
+    url, _ = serve_url
+    with pytest.raises(BackendError, match="refused the API key"):
+        HttpBackend(url, "wrong-key").list_docs()
+    with pytest.raises(BackendError, match="answered 404: model 0+ does not exist"):
+        next(HttpBackend(url, API_KEY).stream("Who?", "0" * 32, "icl"))

@@ -44,6 +44,11 @@ CSS = ".lift-answer textarea {font-size: 15px !important}"
 _USER_ERRORS = (*USER_ERRORS, BackendError)
 
 
+def slug(mode: str) -> str:
+    """A mode as an HTML id ("lift+icl" -> "lift-icl")."""
+    return "".join(c if c.isalnum() else "-" for c in mode)
+
+
 def _fail(exc: Exception):
     """A refused input or an unreachable server, shown in the page (the app keeps working)."""
     return gr.Error(str(exc), print_exception=False)
@@ -224,37 +229,37 @@ def build_app(
             with gr.Tab("Documents", id="documents"):
                 with gr.Row():
                     with gr.Column(scale=3):
-                        doc_text = gr.Textbox(sample_document(), label="Document text", lines=14, max_lines=24)
+                        doc_text = gr.Textbox(sample_document(), label="Document text", lines=14, max_lines=24, elem_id="doc-text")
                     with gr.Column(scale=1):
                         upload = gr.File(label=f"…or upload ({', '.join(UPLOAD_SUFFIXES)}, ≤ {upload_limit_bytes / 2**20:g} MiB)",
                                          file_types=list(UPLOAD_SUFFIXES), type="filepath")
-                        doc_title = gr.Textbox(SAMPLE_TITLE, label="Title")
-                        absorb_btn = gr.Button("Absorb", variant="primary")
+                        doc_title = gr.Textbox(SAMPLE_TITLE, label="Title", elem_id="doc-title")
+                        absorb_btn = gr.Button("Absorb", variant="primary", elem_id="absorb-btn")
                         gr.Markdown(f"Training: {backend.training_summary()}.")
-                absorb_status = gr.Markdown()
+                absorb_status = gr.Markdown(elem_id="absorb-status")
                 with gr.Row():
                     gr.Markdown("### Absorbed documents")
                     refresh_btn = gr.Button("Refresh", size="sm", scale=0)
-                docs_table = gr.Dataframe(headers=DOC_HEADERS, value=[], interactive=False, wrap=True)
+                docs_table = gr.Dataframe(headers=DOC_HEADERS, value=[], interactive=False, wrap=True, label="Documents", elem_id="docs-table")
 
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
-                    doc_pick = gr.Dropdown(choices=[], label="Document", scale=2)
+                    doc_pick = gr.Dropdown(choices=[], label="Document", scale=2, elem_id="doc-pick")
                     mode_pick = gr.CheckboxGroup(
                         choices=[(MODE_TITLES[m], m) for m in PANEL_MODES], value=list(DEFAULT_COMPARE),
                         label="Answer modes", scale=1,
                     )
-                question = gr.Textbox(label="Question", placeholder="Ask about the document", lines=1)
+                question = gr.Textbox(label="Question", placeholder="Ask about the document", lines=1, elem_id="question")
                 gr.Examples([[q] for q in questions], inputs=[question], label="Questions about the sample document")
-                ask_btn = gr.Button("Ask", variant="primary")
+                ask_btn = gr.Button("Ask", variant="primary", elem_id="ask-btn")
                 answer_boxes, stat_boxes, panels = [], [], []
                 with gr.Row(equal_height=True):
                     for mode in PANEL_MODES:
-                        with gr.Column(visible=mode in DEFAULT_COMPARE, elem_id=f"panel-{mode}") as panel:
+                        with gr.Column(visible=mode in DEFAULT_COMPARE, elem_id=f"panel-{slug(mode)}") as panel:
                             answer_boxes.append(gr.Textbox(label=f"{MODE_TITLES[mode]}: {MODE_HELP[mode]}", lines=4,
                                                            interactive=False, elem_classes="lift-answer",
-                                                           elem_id=f"answer-{mode}"))
-                            stat_boxes.append(gr.Markdown(elem_id=f"stats-{mode}"))
+                                                           elem_id=f"answer-{slug(mode)}"))
+                            stat_boxes.append(gr.Markdown(elem_id=f"stats-{slug(mode)}"))
                         panels.append(panel)
                 doc_view = gr.HTML(elem_id="document-view")
 
@@ -273,11 +278,11 @@ def build_app(
                     niah_answer = gr.Textbox(DEFAULT_ANSWER, label="Answer")
                 haystack = gr.Textbox(label="Haystack (empty: Paul Graham's essays)", lines=3)
                 with gr.Row():
-                    niah_btn = gr.Button("Run grid", variant="primary")
+                    niah_btn = gr.Button("Run grid", variant="primary", elem_id="niah-btn")
                     results_file = gr.File(label="…or load a results.json", file_types=[".json"], type="filepath")
                 heatmap = gr.Image(shipped[0] if shipped else None, label="Heatmaps", type="filepath", elem_id="niah-heatmap")
-                niah_summary = gr.Markdown(shipped[2] if shipped else "")
-                niah_table = gr.Dataframe(shipped[1] if shipped else None, interactive=False, wrap=True)
+                niah_summary = gr.Markdown(shipped[2] if shipped else "", elem_id="niah-summary")
+                niah_table = gr.Dataframe(shipped[1] if shipped else None, interactive=False, wrap=True, label="Cells", elem_id="niah-table")
 
         # --- events ----------------------------------------------------------------------------
         upload.upload(read_file, inputs=upload, outputs=[doc_text, doc_title], api_name="read_file")
