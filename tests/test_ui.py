@@ -166,7 +166,7 @@ def test_document_view_highlights_the_engines_window(absorbed, app, engine):
 
 def test_sample_document_is_offered_and_absorbed_on_first_use(tiny_model_dir, tmp_path, monkeypatch):
     """Before its first absorb, the shipped document is in the Compare choices; asking absorbs it."""
-    from lift_ray.segments import normalize_text
+    from lift_ray.text import normalize_text
     from lift_ray.store import doc_id_for
 
     from ui import app as ui_app
@@ -323,7 +323,7 @@ def test_pdf_and_markdown_uploads_read_as_text(app, tmp_path):
 
 
 def test_read_upload_limits(tmp_path):
-    from lift_ray.absorb import DocumentError
+    from lift_ray.text import DocumentError
 
     from ui.inputs import read_upload
 

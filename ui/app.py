@@ -17,7 +17,7 @@ from lift_ray.demo import sample_document, sample_questions
 from lift_ray.errors import USER_ERRORS
 from lift_ray.modes import COMPARE_MODES, MODE_HELP, MODE_TITLES, MODES, uses_document
 from lift_ray.niah import DEFAULT_ANSWER, DEFAULT_NEEDLE, DEFAULT_QUESTION, NiahError, plot_heatmaps
-from lift_ray.segments import normalize_text
+from lift_ray.text import normalize_text
 from lift_ray.store import doc_id_for
 
 from ui.backends import Backend, BackendError, NiahRequest

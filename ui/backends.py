@@ -331,7 +331,7 @@ class HttpBackend:
         return rows
 
     def absorb(self, text: str, *, title: str | None = None, on_progress: ProgressFn | None = None) -> AbsorbOutcome:
-        from lift_ray.segments import normalize_text
+        from lift_ray.text import normalize_text
 
         if not text.strip():
             raise BackendError("the document is empty")

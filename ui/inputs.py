@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from lift_ray.absorb import DocumentError, check_document_text, decode_document
+from lift_ray.text import DocumentError, check_document_text, decode_document
 
 TEXT_SUFFIXES = (".txt", ".md")
 UPLOAD_SUFFIXES = (*TEXT_SUFFIXES, ".pdf")
