@@ -430,7 +430,8 @@ def test_cli_refuses_a_missing_api_key_variable(capsys):
 
 # --- the HTTP backend against a stand-in of the Serve API -------------------------------------------
 # lift_ray.serve (issue 12) is being built concurrently; until it lands, the HTTP backend is tested
-# against this stand-in, written to that issue's endpoint spec over the same engine.
+# against this stand-in, written to that issue's endpoint spec over the same engine, with the job and
+# model-entry fields the serve branch uses (a job's ``progress`` object, ``tokens``, ``error``).
 
 API_KEY = "ui-test-key"
 
@@ -458,11 +459,11 @@ def _serve_standin(engine):
 
     @api.get("/v1/models")
     def models():
-        data = [{"id": engine.loaded.model_id, "object": "model", "owned_by": "base"}]
+        data = [{"id": engine.loaded.model_id, "object": "model", "owned_by": "lift-ray", "lift_kind": "base"}]
         for row in engine.store.list_docs():
             manifest = engine.store.latest_manifest(row["doc_id"])
             data.append({"id": row["doc_id"], "object": "model", "owned_by": "lift-ray", "alias": row["alias"],
-                         "title": row["title"], "num_tokens": row["num_tokens"], "variants": row["variants"],
+                         "title": row["title"], "tokens": row["num_tokens"], "variants": row["variants"],
                          "adapter_kinds": [manifest.adapter_kind], "context_window": manifest.context_window,
                          "created": row["created_at"]})
         return {"object": "list", "data": data}
@@ -474,16 +475,19 @@ def _serve_standin(engine):
 
         def work():
             def on_progress(event):
-                jobs[job_id].update(status="absorbing", stage=event.describe().split(" · ")[0], epoch=event.epoch,
-                                    epochs=event.epochs, loss=event.loss)
-                time.sleep(0.05)  # slow enough for a poller to see the stages
+                if event.stage == "train" and event.epoch is not None:
+                    progress = {"stage": event.name, "stage_index": event.index, "stages": event.count,
+                                "epoch": event.epoch, "epochs": event.epochs, "loss": event.loss}
+                    jobs[job_id].update(status="absorbing", progress=progress)
+                    time.sleep(0.05)  # slow enough for a poller to see the stages
 
             try:
                 with lock:
                     result = engine.absorb(body["text"], progress=False, title=body.get("title"), on_progress=on_progress)
-                jobs[job_id].update(status="absorbed", doc_id=result.doc_id, num_tokens=result.num_tokens)
+                jobs[job_id].update(status="absorbed", doc_id=result.doc_id, tokens=result.num_tokens,
+                                    already_absorbed=result.status == "already_absorbed")
             except Exception as exc:  # noqa: BLE001 (reported to the client as the spec says)
-                jobs[job_id].update(status="failed", reason=str(exc))
+                jobs[job_id].update(status="failed", error=str(exc))
 
         threading.Thread(target=work, daemon=True).start()
         return {"id": job_id, "status": "queued"}
@@ -544,7 +548,8 @@ def test_http_backend_absorbs_and_answers_like_the_engine(serve_url):
     events = []
     outcome = backend.absorb(DOCUMENT, title="over http", on_progress=lambda f, d: events.append(d))
     assert outcome.status == "absorbed" and len(outcome.doc_id) == 32
-    assert any(re.fullmatch(r"absorbing · stage \d/\d segments(\+QA)? · epoch \d+/\d+ · loss \d+\.\d{3}", d) for d in events)
+    assert any(re.fullmatch(r"absorbing · stage 1/2 segments · epoch \d+/\d+ · loss \d+\.\d{3}", d) for d in events)
+    assert any(re.fullmatch(r"absorbing · stage 2/2 segments\+QA · epoch \d+/\d+ · loss \d+\.\d{3}", d) for d in events)
     rows = backend.list_docs()
     assert [(r.doc_id, r.title, r.adapter_kinds) for r in rows] == [(outcome.doc_id, "over http", ["lora"])]
     view = backend.document_view(outcome.doc_id)  # the text absorbed from this page, the served model's tokenizer

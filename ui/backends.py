@@ -347,7 +347,10 @@ class HttpBackend:
             if state in ("absorbed", "already_absorbed"):
                 doc_id = status.get("doc_id") or job.get("doc_id")
                 self._texts[doc_id] = normalize_text(text)
-                return AbsorbOutcome(doc_id, state, status.get("num_tokens"), round(time.perf_counter() - start, 3))
+                if status.get("already_absorbed"):
+                    state = "already_absorbed"
+                tokens = status.get("num_tokens") or status.get("tokens")
+                return AbsorbOutcome(doc_id, state, tokens, round(time.perf_counter() - start, 3))
             if state == "failed":
                 raise BackendError(f"absorbing failed on the server: {status.get('reason') or status.get('error') or status}")
             if on_progress is not None:
@@ -412,7 +415,9 @@ class HttpBackend:
     def _base_tokenizer(self):
         """The served base model's tokenizer when it is on this machine too (a local directory)."""
         if self._tokenizer is None:
-            base = next((m for m in self._models() if m.get("object") == "model" and m.get("owned_by") == "base"), None)
+            from lift_ray.store import is_doc_id
+
+            base = next((m for m in self._models() if not is_doc_id(str(m.get("id", "")))), None)
             path = (base or {}).get("id")
             if path and Path(path).is_dir():
                 from transformers import AutoTokenizer
@@ -427,21 +432,33 @@ class HttpBackend:
         )
 
 
+def _job_progress(status: dict) -> dict:
+    """A job's training progress: the ``progress`` object of the Serve app's job, or top-level fields."""
+    progress = status.get("progress")
+    return progress if isinstance(progress, dict) else status
+
+
 def _job_fraction(status: dict) -> float:
-    epoch, epochs = status.get("epoch"), status.get("epochs")
-    if isinstance(epoch, (int, float)) and isinstance(epochs, (int, float)) and epochs:
-        return min(1.0, float(epoch) / float(epochs))
-    return 0.0
+    p = _job_progress(status)
+    epoch, epochs = p.get("epoch"), p.get("epochs")
+    index, count = p.get("stage_index") or p.get("index"), p.get("stages") or p.get("count")
+    within = float(epoch) / float(epochs) if isinstance(epoch, (int, float)) and isinstance(epochs, (int, float)) and epochs else 0.0
+    if isinstance(index, int) and isinstance(count, int) and count:
+        return min(1.0, ((index - 1) + within) / count)
+    return min(1.0, within)
 
 
 def _job_text(status: dict) -> str:
+    """"absorbing · stage 2/2 segments+QA · epoch 3/5 · loss 0.412" from a job's status."""
+    p = _job_progress(status)
     parts = [str(status.get("status", "queued"))]
-    if status.get("stage"):
-        parts.append(str(status["stage"]))
-    if status.get("epoch") is not None:
-        parts.append(f"epoch {status['epoch']}" + (f"/{status['epochs']}" if status.get("epochs") else ""))
-    if isinstance(status.get("loss"), (int, float)):
-        parts.append(f"loss {status['loss']:.3f}")
+    if p.get("stage"):
+        index, count = p.get("stage_index") or p.get("index"), p.get("stages") or p.get("count")
+        parts.append(f"stage {index}/{count} {p['stage']}" if index and count else str(p["stage"]))
+    if p.get("epoch") is not None:
+        parts.append(f"epoch {p['epoch']}" + (f"/{p['epochs']}" if p.get("epochs") else ""))
+    if isinstance(p.get("loss"), (int, float)):
+        parts.append(f"loss {p['loss']:.3f}")
     return " · ".join(parts)
 
 
