@@ -355,15 +355,24 @@ def test_http_backend_refusals_are_clear():
 # --- starting it ----------------------------------------------------------------------------------
 
 
-def test_package_ships_the_ui():
-    """`pip install -e .` (and a wheel) include ui/, so `lift-ray ui` imports it outside the checkout too."""
-    import tomllib
+def test_package_ships_the_ui(tmp_path):
+    """The wheel `pip install .` builds holds ui/ beside lift_ray/, so `lift-ray ui` works outside a checkout."""
+    import shutil
+    import zipfile
 
-    from setuptools import find_packages
-
-    find = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"]["find"]
-    packages = find_packages(str(REPO), include=find["include"])
-    assert "ui" in packages and "lift_ray" in packages
+    src = tmp_path / "src"  # a copy: building writes build/ and egg-info beside the sources
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for package in ("lift_ray", "ui"):
+        shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+                   check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"ui/__init__.py", "ui/__main__.py", "ui/app.py", "ui/backends.py", "lift_ray/cli.py"} <= set(names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "lift-ray = lift_ray.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_no_analytics():
