@@ -131,8 +131,14 @@ def test_ask_streams_each_mode_as_the_engine_answers(absorbed, app, engine):
     doc_id = absorbed[2]
     question = "Who designed the lighthouse?"
     shown = [m for m in COMPARE_MODES if uses_document(m)]
-    out = client.predict(doc_id, question, shown, api_name="/ask")
+    job = client.submit(doc_id, question, shown, api_name="/ask")
+    out = job.result()
     n = len(PANEL_MODES)
+    # Streamed: the first panel fills piece by piece before the second starts.
+    first, second = PANEL_MODES.index(shown[0]), PANEL_MODES.index(shown[1])
+    updates = job.outputs()
+    partial = [u for u in updates if u[second] == "" and u[first] and u[first] != out[first]]
+    assert len(updates) > 3 and partial and all(out[first].startswith(u[first].strip()) for u in partial)
     answers, stats, view = out[:n], out[n : 2 * n], out[2 * n]
     for mode in PANEL_MODES:
         k = PANEL_MODES.index(mode)
