@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--port", type=int, default=7871)
     parser.add_argument("--question", default=SCREENSHOT_QUESTION)
+    parser.add_argument("--absorb-timeout", type=float, default=3600, help="seconds to wait for the absorb (default: 3600)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             browser = launch_browser(p)
             page = browser.new_page(viewport=VIEWPORT)
             page.goto(f"http://127.0.0.1:{args.port}/")
-            print(absorb_text(page, None, None), file=sys.stderr)
+            print(absorb_text(page, None, None, timeout_s=args.absorb_timeout), file=sys.stderr)
             answers = ask(page, args.question, DEFAULT_COMPARE)
             for mode, shown in answers.items():
                 print(f"{MODE_TITLES[mode]}: {shown['answer']!r} ({shown['stats']})", file=sys.stderr)
