@@ -27,6 +27,42 @@ from lift_ray.text import DocumentError, check_document_text, decode_document, r
 from lift_ray.train import EpochRecord, Stage, train_schedule
 
 
+@dataclasses.dataclass(frozen=True)
+class AbsorbProgress:
+    """Where an absorb stands: what ``absorb_document(on_progress=...)`` receives.
+
+    ``stage`` is "qa" (writing the auxiliary QA pairs), "train" (``record`` is the epoch just
+    trained, of at most ``max_epochs``; the stop rule may end training earlier), or "publish".
+    """
+
+    stage: str
+    record: EpochRecord | None = None
+    max_epochs: int = 0
+
+    @property
+    def fraction(self) -> float:
+        """Share of the absorb done, 0-1 (training counted against its maximum epochs)."""
+        if self.stage == "publish":
+            return 1.0
+        if self.record is None or not self.max_epochs:
+            return 0.0
+        return min(self.record.epoch / self.max_epochs, 1.0)
+
+    def describe(self) -> str:
+        """One line for a progress bar: "segments+QA · epoch 3/8 · loss 0.412 · knows 60% of its QA"."""
+        if self.stage == "qa":
+            return "writing auxiliary QA pairs"
+        if self.stage == "publish":
+            return "publishing the adapter"
+        if self.record is None:
+            return "training"
+        r = self.record
+        text = f"{r.stage} · epoch {r.epoch}/{self.max_epochs} · loss {r.loss:.3f}"
+        if r.check is not None:
+            text += f" · knows {r.check.answer_accuracy:.0%} of its QA"
+        return text
+
+
 @dataclasses.dataclass
 class AbsorbResult:
     doc_id: str
@@ -59,6 +95,7 @@ def absorb_document(
     title: str | None = None,
     claim: Callable[[str], bool] | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    on_progress: Callable[[AbsorbProgress], None] | None = None,
 ) -> AbsorbResult:
     """Train an adapter on ``text`` and publish it, unless this variant is already in the store.
 
@@ -74,6 +111,9 @@ def absorb_document(
             document now (its lease was given away), so the trained adapter is dropped unpublished.
         on_epoch: called after every epoch with its record while the adapter is attached to
             ``loaded.model`` (benchmarks ask questions there); its time is not training time.
+        on_progress: called with an :class:`AbsorbProgress` at each stage and after every epoch
+            (the UI's and the Serve app's progress); an exception it raises stops the absorb with
+            nothing published.
 
     Raises:
         DocumentError: empty, binary or oversized text; nothing is written.
@@ -101,6 +141,8 @@ def absorb_document(
         recite_prompt=seg.recite_prompt,
         mixin=seg.mixin,
     )
+    report = on_progress or (lambda event: None)
+    report(AbsorbProgress("qa"))
     pairs = auxiliary_pairs(loaded, text, doc_id, cfg, store)
     qa = qa_samples(
         pairs,
@@ -128,8 +170,15 @@ def absorb_document(
     torch.manual_seed(cfg.train.seed)  # adapter initialisation is part of the reproducible run
     handle = attach_adapter(loaded.model, cfg.adapter, base_model_id=loaded.model_id)
     try:
+        max_epochs = sum(stage.epochs for stage in stages)
+
+        def after_epoch(record: EpochRecord) -> None:
+            report(AbsorbProgress("train", record, max_epochs))
+            if on_epoch is not None:
+                on_epoch(record)
+
         metrics = train_schedule(handle, stages, cfg.train, check_samples=qa, progress=progress,
-                                 desc="absorb", on_epoch=on_epoch)
+                                 desc="absorb", on_epoch=after_epoch)
         with tempfile.TemporaryDirectory(prefix="lift-ray-adapter-") as tmp:
             names = handle.save(Path(tmp))
             manifest = Manifest(
@@ -165,6 +214,7 @@ def absorb_document(
                 return AbsorbResult(
                     doc_id, variant, "lease_lost", len(doc_tokens), store.uri, round(time.perf_counter() - start, 3), metrics
                 )
+            report(AbsorbProgress("publish"))
             # The rag modes' index is built once here and kept beside the document for every reader.
             r = cfg.retrieval
             index = RetrievalIndex.build(text, tok, r.chunk_tokens, r.overlap_tokens)

@@ -309,6 +309,34 @@ def cmd_niah(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Start the Gradio demo (ICL vs LIFT+ICL side by side, absorbing with progress, NIAH heatmaps) on 127.0.0.1."""
+    from lift_ray.model import check_model_spec
+
+    try:
+        from ui.app import launch
+        from ui.backends import BackendError, make_backend
+        from ui.inputs import DEFAULT_UPLOAD_LIMIT_BYTES
+    except ImportError as exc:  # a lift-ray installed without its ui package
+        raise ConfigError(f"the UI package is not importable ({exc}); reinstall lift-ray (pip install -e .)") from None
+    cfg = _config(args)
+    if args.api_key_env and not args.serve_url:
+        raise ConfigError("--api-key-env goes with --serve-url")
+    if not args.serve_url:
+        check_model_spec(cfg.model)
+        _set_threads(args.threads)
+    try:
+        backend = make_backend(serve_url=args.serve_url, api_key_env=args.api_key_env, config=cfg)
+    except BackendError as exc:
+        raise ConfigError(str(exc)) from None
+    limit = int(args.max_upload_mb * 2**20) if args.max_upload_mb else DEFAULT_UPLOAD_LIMIT_BYTES
+    if limit <= 0:
+        raise ConfigError("--max-upload-mb must be positive")
+    _log(f"ui: {backend.description}; open http://{args.host}:{args.port}")
+    launch(backend, host=args.host, port=args.port, upload_limit_bytes=limit, max_new_tokens=args.max_new_tokens)
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """List base models converted into the cache."""
     from lift_ray.model import list_cached_models, models_dir
@@ -387,6 +415,7 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "eval": cmd_eval,
     "niah": cmd_niah,
     "serve": cmd_serve,
+    "ui": cmd_ui,
 }
 
 
@@ -526,6 +555,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, metavar="N", help="torch threads per replica (default: its CPUs)")
     p.add_argument("--api-key-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' (the key is read from that variable)")
     p.add_argument("--address", metavar="ADDR", help="Ray address (default: $RAY_ADDRESS, else a private local Ray)")
+    p = sub.add_parser("ui", help=cmd_ui.__doc__, description=cmd_ui.__doc__)
+    p.add_argument("--serve-url", metavar="URL", help="talk to a running `lift-ray serve` at URL instead of an in-process engine")
+    p.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the Serve API's bearer token")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    p.add_argument("--max-upload-mb", type=float, metavar="MB", help="largest accepted upload (default: 5)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="answer length limit")
+    _training_flags(p)
+    _common(p)
 
     p = sub.add_parser("models", help=cmd_models.__doc__, description=cmd_models.__doc__)
     p.add_argument("--json", action="store_true", help="print JSON on stdout")

@@ -18,7 +18,7 @@ import dataclasses
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import torch
 
@@ -640,12 +640,23 @@ class LiftEngine:
         variant: str | None = None,
         context_window: int | None = None,
         max_new_tokens: int | None = None,
-    ) -> Iterator[str]:
-        """Yield the answer's text as it is generated (same arguments as :meth:`answer`)."""
+    ) -> Generator[str, None, Answer]:
+        """Yield the answer's text as it is generated (same arguments as :meth:`answer`).
+
+        Returns:
+            The whole :class:`Answer` with its token counts, as the generator's return value
+            (``answer = yield from engine.stream_answer(...)``; a plain ``for`` loop ignores it).
+        """
         q = Question(question, doc, mode, variant=variant, context_window=context_window, max_new_tokens=max_new_tokens)
+        pieces: list[str] = []
         for item in self.stream(q):
             if isinstance(item, str):
+                pieces.append(item)
                 yield item
+            else:
+                end = item
+        return Answer("".join(pieces).strip(), end.mode, end.doc_id, end.variant, question, end.prompt_tokens,
+                      end.new_tokens, end.seconds, end.view, end.finish_reason)
 
 
 def engine_for_manifest(manifest: Manifest, config: LiftConfig, store: AdapterStore) -> LiftEngine:

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import unicodedata
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lift_ray.aux_qa import split_paragraphs
@@ -434,7 +434,13 @@ def _check_out_dir(out: Path, key: dict) -> None:
 
 
 def absorb_cells(
-    engine, cells: Sequence[CellDocument], *, workers: int = 1, ray_address: str | None = None, progress: bool = True
+    engine,
+    cells: Sequence[CellDocument],
+    *,
+    workers: int = 1,
+    ray_address: str | None = None,
+    progress: bool = True,
+    on_absorb_progress=None,
 ) -> dict[str, dict]:
     """Absorb the documents of grid cells: the one place where NIAH trains.
 
@@ -442,6 +448,9 @@ def absorb_cells(
     of Ray Train workers that publish into the engine's store); otherwise the resident engine absorbs them one by one. Either
     way a document already in the store (same text, same training settings) is not trained again,
     and the engine then finds every adapter there.
+
+    ``on_absorb_progress`` is passed to the resident engine's absorb (see
+    :class:`lift_ray.absorb.AbsorbProgress`).
 
     Returns:
         cell id -> {"doc_id", "variant", "status", "absorb_seconds", "num_qa_pairs", "needle_qa"}.
@@ -471,7 +480,7 @@ def absorb_cells(
     for cell in cells:
         if progress and not bulk_records:
             _log(f"absorbing cell {cell.cell_id} ({cell.num_tokens} tokens)")
-        result = engine.absorb(cell.text, progress=progress)  # after a bulk run: found in the store
+        result = engine.absorb(cell.text, progress=progress, on_progress=on_absorb_progress)  # after a bulk run: found in the store
         record = bulk_records.get(result.doc_id, {})
         # Which auxiliary QA pairs came from the needle: the adapter can only answer from what it trained on.
         pairs = result.qa_pairs or auxiliary_pairs(engine.loaded, cell.text, result.doc_id, engine.config, engine.store)
@@ -525,6 +534,7 @@ def run_grid(
     judge=None,
     ray_address: str | None = None,
     progress: bool = True,
+    on_progress: Callable[[float, str], None] | None = None,
 ) -> dict:
     """Build, absorb, ask and score every cell; write per-cell files, then results and heatmap.
 
@@ -537,6 +547,9 @@ def run_grid(
         out: results directory; finished cells in it are not recomputed.
         judge: an :class:`lift_ray.evaluate.metrics.LLMJudge`, or None.
         ray_address: the Ray cluster for ``bulk.workers`` > 1 (default: $RAY_ADDRESS or a local Ray).
+        progress: progress bars and log lines on stderr.
+        on_progress: called with (share of the grid done 0-1, what is happening) as cells are
+            absorbed (at every training step) and answered.
 
     Raises:
         NiahError: a bad grid, a needle that does not fit, a haystack too short or an ``out`` of
@@ -571,12 +584,21 @@ def run_grid(
     # finished cell is on disk before the next one trains.
     absorbed_all = absorb_cells(engine, pending, workers=workers, ray_address=ray_address, progress=progress) if workers > 1 else {}
     results: list[dict] = []
-    for cell in cells:
+    tell = on_progress or (lambda fraction, message: None)
+    for k, cell in enumerate(cells):
         path = cell_file(cell)
         if path.is_file():
             results.append(json.loads(path.read_text(encoding="utf-8")))
             continue
-        absorbed = absorbed_all.get(cell.cell_id) or absorb_cells(engine, [cell], progress=progress)[cell.cell_id]
+        where = f"cell {k + 1}/{len(cells)} ({cell.length} tokens, depth {cell.depth}%)"
+
+        def on_absorb(event, k=k, where=where) -> None:
+            tell((k + 0.9 * event.fraction) / len(cells), f"{where}: {event.describe()}")
+
+        absorbed = absorbed_all.get(cell.cell_id) or absorb_cells(
+            engine, [cell], progress=progress, on_absorb_progress=on_absorb
+        )[cell.cell_id]
+        tell((k + 0.9) / len(cells), f"{where}: answering in {', '.join(settings.modes)}")
         result = answer_cell(engine, cell, absorbed, settings, judge)
         _write_json_atomic(path, result)
         if progress:

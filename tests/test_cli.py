@@ -39,7 +39,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
-EXPECTED_VERBS = ["absorb", "ask", "docs", "models", "bulk", "eval", "niah", "serve"]
+EXPECTED_VERBS = ["absorb", "ask", "docs", "models", "bulk", "eval", "niah", "serve", "ui"]
 
 
 def test_verbs_and_help(capsys):
