@@ -9,7 +9,7 @@ the stop rule's own check included). The variants absorb each document one after
 order alternating from document to document, so a busy machine slows both alike.
 
     python benchmarks/time_to_knowledge.py                                # the sample document, k=3
-    python benchmarks/time_to_knowledge.py --data lift_ray/data/eval_squad.jsonl --docs 2 --k 2
+    python benchmarks/time_to_knowledge.py --data benchmarks/data/devset.jsonl --docs 4 --k 2
     python benchmarks/time_to_knowledge.py --variant 'bf16={"train": {"autocast": "bfloat16"}}'
 
 Variants: ``previous`` is the schedule before the stop rule (3 epochs on segments, then 5 on
