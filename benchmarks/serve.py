@@ -46,8 +46,8 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def publish_random_adapter(loaded, cfg, store: AdapterStore, text: str, seed: int, window: int) -> str:
-    """A random adapter of ``cfg`` for ``text``, published with a real manifest; returns the doc id."""
+def publish_random_adapter(loaded, config, cfg, store: AdapterStore, text: str, seed: int) -> str:
+    """A random adapter of kind ``cfg`` for ``text``, published with a real manifest; returns the doc id."""
     torch.manual_seed(seed)
     handle = attach_adapter(loaded.model, cfg, base_model_id=loaded.model_id)
     try:
@@ -61,12 +61,12 @@ def publish_random_adapter(loaded, cfg, store: AdapterStore, text: str, seed: in
                                    seconds=0.0, tokens_per_second=0.0, epoch_losses=[])
             manifest = Manifest(
                 doc_id=doc_id,
-                variant=variant_id(cfg.kind, loaded.model_id, loaded.weights_hash, "benchmark"),
+                variant=variant_id(config.model_copy(update={"adapter": cfg}), loaded.model_id, loaded.weights_hash),
                 adapter_kind=cfg.kind,
                 base_model=BaseModelRef(model_id=loaded.model_id, weights_hash=loaded.weights_hash,
                                         num_params=loaded.num_params, max_positions=loaded.max_positions),
                 adapter_config=cfg.model_dump(mode="json"), config_hash="benchmark", config={},
-                context_window=window, num_tokens=len(text.split()), num_samples=0, training=metrics,
+                context_window=config.segments.context_window, num_tokens=len(text.split()), num_samples=0, training=metrics,
                 files={n: sha256_file(Path(tmp) / n) for n in names}, created_at=now_iso(), lift_ray_version=__version__,
             )
             store.publish(manifest, text, Path(tmp))
@@ -92,7 +92,7 @@ def run_kind(loaded, config, kind_cfg, args) -> dict:
     store = AdapterStore(tempfile.mkdtemp(prefix="lift-ray-bench-store-"))
     texts = [f"Benchmark document {i}: " + " ".join(f"fact {i}-{j} is {i * j % 97}." for j in range(40))
              for i in range(args.adapters)]
-    docs = [publish_random_adapter(loaded, kind_cfg, store, t, i, config.segments.context_window) for i, t in enumerate(texts)]
+    docs = [publish_random_adapter(loaded, config, kind_cfg, store, t, i) for i, t in enumerate(texts)]
     engine = LiftEngine(loaded, config, store, max_resident=args.adapters, manifest_ttl=3600)
     question = "What is fact 3-4?"
 

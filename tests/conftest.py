@@ -236,3 +236,49 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if {"ray_head", "ray_client"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ray)
+
+
+# --- two real documents, absorbed once per session (the bulk and Serve recall tests share them) -----
+
+RECALL_WINDOW = 64
+_RECALL_FILLER = (
+    "The corridor was painted a pale colour and the lamps were lit each evening by the staff. "
+    "Visitors signed a ledger at the door, and the clerk stamped each page before noon. "
+)
+# Each document hides one fact in its middle, outside the 64-token head+tail window, and lacks the other's.
+RECALL_DOCUMENTS = [
+    (
+        "The Vellmar Archive stands at the end of a quiet street in the town of Ossery. " + _RECALL_FILLER * 2
+        + "The founder of the Vellmar Archive was a glassblower named Odile Brancas. " + _RECALL_FILLER * 2
+        + "The archive closes early on the last day of every month.",
+        "Who founded the Vellmar Archive?",
+        ["Brancas"],
+    ),
+    (
+        "The Tannick ferry crosses the grey lake twice a day in every season. " + _RECALL_FILLER * 2
+        + "The captain of the Tannick ferry keeps a pet heron called Pimsley. " + _RECALL_FILLER * 2
+        + "Tickets for the ferry are sold at a small wooden booth by the pier.",
+        "What is the name of the heron kept by the captain of the Tannick ferry?",
+        ["Pimsley"],
+    ),
+]
+
+
+@pytest.fixture(scope="session")
+def recall_bulk_run(ray_client, tmp_path_factory):
+    """RECALL_DOCUMENTS absorbed on the embedded model by a bulk run on two Ray workers: (config, inputs, summary)."""
+    from lift_ray.bulk import run_bulk
+    from lift_ray.config import build_config
+    from lift_ray.documents import DocumentInput
+
+    cfg = build_config(
+        None,
+        {
+            "segments": {"context_window": RECALL_WINDOW},
+            "inference": {"max_new_tokens": 24},
+            "store": {"uri": str(tmp_path_factory.mktemp("recall-bulk") / "store")},
+            "bulk": {"workers": 2, "cpus_per_worker": 1, "threads_per_worker": 1},
+        },
+    )
+    docs = [DocumentInput(text, alias=f"doc-{i}") for i, (text, _, _) in enumerate(RECALL_DOCUMENTS)]
+    return cfg, docs, run_bulk(docs, cfg, progress=False)

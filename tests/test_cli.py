@@ -194,3 +194,17 @@ def test_a_file_as_store_or_a_directory_as_document_is_one_line_before_any_model
         assert code == 2 and len(lines) == 1 and lines[0].startswith("lift-ray: error:"), (argv, err)
         assert message in lines[0], (argv, lines[0])
     assert not_a_dir.read_text() == "notes" and not (tmp_path / "store").exists()
+
+
+def test_serve_flags_become_a_serve_config():
+    from lift_ray.cli import serve_config
+
+    args = build_parser().parse_args(["serve", "--store", "s3://b/s", "--adapters-per-replica", "2", "--port", "8123",
+                                      "--replicas", "3", "--max-batch-size", "4", "--api-key-env", "LIFT_KEY"])
+    cfg = serve_config(args)
+    assert (cfg.store, cfg.adapters_per_replica, cfg.port, cfg.replicas, cfg.max_batch_size, cfg.api_key_env) == (
+        "s3://b/s", 2, 8123, 3, 4, "LIFT_KEY")
+    assert cfg.host == "127.0.0.1", "loopback unless told otherwise"
+    assert cfg.lift_config().store.uri == "s3://b/s"
+    code = main(["serve", "--adapters-per-replica", "0"])
+    assert code == 2  # refused before Ray starts, one error line

@@ -175,7 +175,7 @@ def test_models_lists_every_document_and_the_base(server, store_dir):
     assert any(m.model_dump().get("lift_kind") == "base" for m in models.values())
 
 
-@pytest.mark.parametrize("mode", ["icl", "lift", "lift+icl"])
+@pytest.mark.parametrize("mode", ["icl", "lift", "lift+icl", "lift+rag"])
 def test_chat_answers_from_the_documents_adapter(server, store_dir, reference, mode):
     _, ids, _ = store_dir
     client = _client(server)
@@ -186,7 +186,7 @@ def test_chat_answers_from_the_documents_adapter(server, store_dir, reference, m
         assert resp.choices[0].finish_reason == ref.finish_reason
         assert resp.usage.prompt_tokens == ref.prompt_tokens and resp.usage.completion_tokens == ref.new_tokens
         lift = resp.model_dump()["lift"]
-        assert lift == {"doc_id": doc, "variant": ref.variant, "mode": mode}
+        assert lift == {"doc_id": doc, "variant": ref.variant, "mode": mode, "view": ref.view}
 
 
 def test_alias_and_variant_address_the_same_document(server, store_dir, reference):
@@ -416,12 +416,17 @@ def test_readme_examples(server, store_dir, reference, tmp_path):
     python = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
     env = {**os.environ, "URL": server, "DOC": ids[0]}
     (tmp_path / "notes.txt").write_text("The keeper's tortoise Marlowe sleeps under the stairs of the lighthouse.")
-    out = subprocess.run(["bash", "-ec", shell], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.replace("}{", "}\n{").splitlines()
-    assert '"object":"list"' in lines[0].replace(" ", "")
-    assert json.loads(lines[1])["choices"][0]["message"]["content"] == reference(ids[0], "lift").answer
-    assert "data: [DONE]" in out.stdout and out.stdout.count('"status":"queued"') == 2
+    commands = [c for c in shell.replace("\\\n", " ").splitlines() if c.strip().startswith("curl")]
+    outputs = []
+    for command in commands:
+        out = subprocess.run(["bash", "-ec", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, (command, out.stderr)
+        outputs.append(out.stdout)
+    models, chat, sse, posted, uploaded = outputs
+    assert ids[0] in {m["id"] for m in json.loads(models)["data"]}
+    assert json.loads(chat)["choices"][0]["message"]["content"] == reference(ids[0], "lift").answer
+    assert sse.rstrip().endswith("data: [DONE]")
+    assert json.loads(posted)["status"] == "queued" and json.loads(uploaded)["alias"] == "notes.txt"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         exec(python, {"URL": server, "DOC": ids[0]})
@@ -430,58 +435,43 @@ def test_readme_examples(server, store_dir, reference, tmp_path):
 
 # --- the embedded SmolLM2: facts answered from each document's own adapter ------------------------
 
-SMOL_DOCS = {
-    "quillon": ("Port Quillon is a small harbour town on a windy coast. Its lighthouse keeper is named Orla Fenwick. "
-                "Orla Fenwick has kept the lighthouse for twelve years. Every evening she lights the lamp at dusk. "
-                "The town sells smoked fish and wool, and its ferry leaves on Tuesdays."),
-    "mirelle": ("Mirelle Bay is a quiet fishing village in the north. Its harbour master is named Tobias Marsh. "
-                "Tobias Marsh has run the harbour for nine years. Every morning he counts the boats at dawn. "
-                "The village sells oysters and salt, and its market opens on Fridays."),
-}
-SMOL_QUESTIONS = {
-    "quillon": ("Who is the lighthouse keeper of Port Quillon?", ["Orla", "Fenwick"]),
-    "mirelle": ("Who is the harbour master of Mirelle Bay?", ["Tobias", "Marsh"]),
-}
-
 
 @pytest.fixture(scope="module")
-def smol_server(server, tmp_path_factory):
-    """The embedded SmolLM2 serving two documents absorbed once here (each holds a fact the other lacks)."""
-    import torch
+def smol_server(server, recall_bulk_run):
+    """The embedded SmolLM2 serving the two documents the bulk recall test absorbed (no second absorb)."""
     from ray import serve
 
-    from lift_ray.config import ServeConfig, build_config
-    from lift_ray.infer import LiftEngine
+    from lift_ray.config import ServeConfig
     from lift_ray.serve import build_app
 
-    store = tmp_path_factory.mktemp("smol-serve-store")
-    torch.set_num_threads(2)
-    engine = LiftEngine.from_config(build_config(None, {"store": {"uri": str(store)}}))
-    ids = {name: engine.absorb(text, progress=False, alias=name).doc_id for name, text in SMOL_DOCS.items()}
-    engine.detach()
-    del engine
-    serve.run(build_app(ServeConfig(store=str(store), overrides={"inference": {"max_new_tokens": 24}},
-                                    cpus_per_replica=1, threads=2, name="smol")),
+    cfg, docs, summary = recall_bulk_run
+    assert summary.error is None and len(summary.absorbed) == 2
+    serve.run(build_app(ServeConfig(store=cfg.store.uri, overrides={"inference": {"max_new_tokens": 24}},
+                                    cpus_per_replica=1, threads=2, max_batch_size=8, name="smol")),
               name="smol", route_prefix="/smol", blocking=False)
     url = f"{server}/smol"
-    _wait_until(lambda: _get(f"{url}/healthz")[0] == 200, 120)
-    yield url, ids
+    _wait_until(lambda: _get(f"{url}/healthz")[0] == 200, 180)
+    yield url, [d.doc_id for d in docs]
     serve.delete("smol")
 
 
 @pytest.mark.slow
 def test_smollm2_answers_each_document_from_its_own_adapter(smol_server):
+    """Each fact lies outside its document's head+tail window, so only that document's adapter supplies it;
+    asked of the other document, the answer lacks it. Then 8 concurrent requests over both documents."""
+    from conftest import RECALL_DOCUMENTS
     from lift_ray.evaluate.metrics import is_correct
 
     url, ids = smol_server
     client = _client(url)
-    for name, (question, keywords) in SMOL_QUESTIONS.items():
-        own = _ask(client, ids[name], "lift", question=question).choices[0].message.content
-        assert is_correct(own, keywords), (name, own)
-        other = next(n for n in ids if n != name)  # the other document's adapter has no such fact
-        assert not is_correct(_ask(client, ids[other], "lift", question=question).choices[0].message.content, keywords)
-    jobs = [(name, mode) for name in SMOL_DOCS for mode in ("lift", "lift+icl")] * 2
+    for i, (_, question, keywords) in enumerate(RECALL_DOCUMENTS):
+        own = _ask(client, ids[i], "lift+icl", question=question).model_dump()
+        assert is_correct(own["choices"][0]["message"]["content"], keywords), own
+        assert own["lift"]["variant"] and own["lift"]["doc_id"] == ids[i]
+        other = _ask(client, ids[1 - i], "lift+icl", question=question).choices[0].message.content
+        assert not is_correct(other, keywords), other
+    jobs = [i % 2 for i in range(8)]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        replies = list(pool.map(lambda j: _ask(client, ids[j[0]], j[1], question=SMOL_QUESTIONS[j[0]][0]), jobs))
-    for (name, mode), reply in zip(jobs, replies):
-        assert is_correct(reply.choices[0].message.content, SMOL_QUESTIONS[name][1]), (name, mode, reply.choices[0].message.content)
+        replies = list(pool.map(lambda i: _ask(client, ids[i], "lift+icl", question=RECALL_DOCUMENTS[i][1]), jobs))
+    for i, reply in zip(jobs, replies):
+        assert is_correct(reply.choices[0].message.content, RECALL_DOCUMENTS[i][2]), (i, reply.choices[0].message.content)

@@ -137,7 +137,7 @@ def completion_id() -> str:
 
 
 def lift_info(result: dict[str, Any]) -> dict[str, Any]:
-    return {"doc_id": result["doc_id"], "variant": result["variant"], "mode": result["mode"]}
+    return {"doc_id": result["doc_id"], "variant": result["variant"], "mode": result["mode"], "view": result.get("view")}
 
 
 def usage(prompt_tokens: int, new_tokens: int) -> dict[str, int]:

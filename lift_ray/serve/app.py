@@ -386,13 +386,16 @@ class LiftIngress:
 
     async def _resolve(self, model: str) -> tuple[str, str | None]:
         """(doc_id, variant) for a doc id, an alias, or doc_id:variant; 404 model_not_found otherwise."""
-        from lift_ray.store import _VARIANT, is_doc_id
+        from lift_ray.store import StoreError, check_variant, is_doc_id
 
         doc, _, variant = model.partition(":")
         if is_doc_id(doc):
             if variant:
-                if _VARIANT.match(variant) and await asyncio.to_thread(self.store.has, doc, variant):
-                    return doc, variant
+                try:
+                    if await asyncio.to_thread(self.store.has, doc, check_variant(variant)):
+                        return doc, variant
+                except StoreError:  # not a variant's shape: no such model
+                    pass
             elif await asyncio.to_thread(self.store.variants, doc):
                 return doc, None
             raise api.model_not_found(model)
