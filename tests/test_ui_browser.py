@@ -22,7 +22,7 @@ DOCUMENT = (
     "In winter the harbour freezes and the boats stay in their sheds. "
     "Visitors arrive by the coastal railway, which runs twice a day."
 )
-QUESTION = "Who designed the lighthouse of Port Quillon?"
+QUESTION = "What is the name of the pet tortoise of the lighthouse keeper?"
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +82,11 @@ def test_absorb_compare_niah_and_an_error_in_chromium(browser, app_url, tmp_path
         for mode, shown in answers.items():
             assert shown["answer"].strip(), f"{mode} shows no answer"
             assert "prompt tokens" in shown["stats"] and "tok/s" in shown["stats"]
-        # Recall: the designer is beyond the window, so only the adapter can name him.
-        assert "Wrenfield" in answers["lift+icl"]["answer"] and "Wrenfield" not in answers["icl"]["answer"]
+        # Recall: the tortoise's name is beyond the window, so only the adapter can give it.
+        assert "Marlowe" in answers["lift+icl"]["answer"] and "Marlowe" not in answers["icl"]["answer"]
         seen = page.locator("#document-view mark.lift-seen").all_inner_texts()
         unseen = page.locator("#document-view span.lift-unseen").inner_text()
-        assert seen[0].startswith("Port Quillon") and "Wrenfield" in unseen  # the fact lies beyond ICL's window
+        assert seen[0].startswith("Port Quillon") and "Marlowe" in unseen  # the fact lies beyond ICL's window
 
         page.locator("#question textarea, #question input").first.fill("")
         page.locator("#ask-btn").click()

@@ -449,7 +449,7 @@ def _job_fraction(status: dict) -> float:
 
 
 def _job_text(status: dict) -> str:
-    """"absorbing · stage 2/2 segments+QA · epoch 3/5 · loss 0.412" from a job's status."""
+    """"absorbing · segments+QA · epoch 3 · loss 0.412" from a job's status."""
     p = _job_progress(status)
     parts = [str(status.get("status", "queued"))]
     if p.get("stage"):

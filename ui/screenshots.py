@@ -43,8 +43,8 @@ def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
 
-# What the progress bar shows while training ("stage 2/2 segments+QA · epoch 3/5 · loss 0.412").
-TRAINING_PROGRESS = re.compile(r"stage \d+/\d+ \S+ · epoch \d+/\d+ · loss \d+\.\d+")
+# What the progress bar shows while training ("segments+QA · epoch 3/8 · loss 0.412").
+TRAINING_PROGRESS = re.compile(r"\S+ · epoch \d+/\d+ · loss \d+\.\d+")
 
 
 def absorb_text(
