@@ -475,3 +475,34 @@ def test_smollm2_answers_each_document_from_its_own_adapter(smol_server):
         replies = list(pool.map(lambda i: _ask(client, ids[i], "lift+icl", question=RECALL_DOCUMENTS[i][1]), jobs))
     for i, reply in zip(jobs, replies):
         assert is_correct(reply.choices[0].message.content, RECALL_DOCUMENTS[i][2]), (i, reply.choices[0].message.content)
+
+
+def test_the_ui_http_backend_against_the_real_app(server, store_dir, reference):
+    """The Gradio app's remote backend (ui.backends.HttpBackend) over this Serve app: listing,
+    streamed answers equal to the engine's, absorbing through POST /v1/documents with progress,
+    and a refused key reported as the UI's own error."""
+    from ui.backends import BackendError, HttpBackend
+
+    _, ids, _ = store_dir
+    backend = HttpBackend(server, poll_interval=0.2)
+    rows = {row.doc_id: row for row in backend.list_docs()}
+    assert set(ids) <= set(rows) and rows[ids[0]].alias == "tower-0" and rows[ids[4]].adapter_kinds == ["gated_memory"]
+    for doc, mode in ((ids[0], "lift+icl"), (ids[4], "icl"), (ids[1], "lift+rag")):
+        stream = backend.stream(QUESTION, doc, mode)
+        pieces = []
+        while True:
+            try:
+                pieces.append(next(stream))
+            except StopIteration as stop:
+                usage = stop.value
+                break
+        ref = reference(doc, mode)
+        assert "".join(pieces).strip() == ref.answer
+        assert usage.prompt_tokens == ref.prompt_tokens and usage.completion_tokens == ref.new_tokens
+    events = []
+    outcome = backend.absorb("The bell of Port Quillon was cast by Ivo Marren in 1790. " * 4, title="bell",
+                             on_progress=lambda fraction, text: events.append((fraction, text)))
+    assert outcome.status == "absorbed" and outcome.doc_id in {row.doc_id for row in backend.list_docs()}
+    assert all(0.0 <= f <= 1.0 for f, _ in events)
+    with pytest.raises(BackendError, match="refused the API key"):
+        HttpBackend(f"{server}/secure", api_key="wrong").list_docs()
