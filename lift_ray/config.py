@@ -423,21 +423,19 @@ PROFILES: dict[str, dict[str, Any]] = {
     "small": {
         "model": {"dtype": {"cpu": "float32", "cuda": "bfloat16"}, "load_in_4bit": False},
         "segments": {"segment_length_cap": 2048},
-        # LoRA: QA pairs from the first epoch (as LIFT v4 trains), so the stop rule can pass from
-        # min_epochs on. Gated Memory keeps the measured 3 + 5 schedule, every epoch run: its recall
-        # on the fact test was at the bar (3/5) and the shorter schedule is not measured for it.
-        "aux_qa": {
-            "generator": "rules",
-            "stage1_epochs": {"lora": 0, "gated_memory": 3},
-            "stage2_epochs": {"lora": 8, "gated_memory": 5},
-        },
+        # The last recipe measured at the recall bar (two stages, 3 + 5 epochs, 4 samples per step).
+        # The stop rule and token-budget steps (train.early_stop, train.step_tokens) are available
+        # but off: with them on, the merged defaults fell below the bar on the recall test document
+        # (issue 14 asks for equal recall first).
+        "aux_qa": {"generator": "rules", "stage1_epochs": 3, "stage2_epochs": 5},
         "train": {
             "epochs": 8,
             "learning_rate": {"lora": 1e-3, "gated_memory": 1e-3},
             "samples_per_step": 4,
+            "step_tokens": 0,
             "gradient_checkpointing": False,
             "min_epochs": 3,
-            "early_stop": {"lora": True, "gated_memory": False},
+            "early_stop": False,
             "stop_accuracy": 0.9,
             "lr_schedule": "constant",
             "autocast": "none",

@@ -45,10 +45,15 @@ def test_profiles_fill_only_what_is_unset():
     assert small.profile == "small"
     assert small.train.epochs == 2  # the user's value wins
     assert small.train.learning_rate == PROFILES["small"]["train"]["learning_rate"]["lora"]
-    assert small.aux_qa.generator == "rules" and small.aux_qa.stage1_epochs == 0 and small.aux_qa.stage2_epochs == 8
-    assert small.train.early_stop is True and small.train.min_epochs == 3 and small.train.stop_accuracy == 0.9
-    # a step holds as many reply tokens as samples_per_step segments (+ end-of-turn slack)
-    assert small.train.step_tokens == small.train.samples_per_step * (small.segments.segment_length + 8)
+    # the last recipe measured at the recall bar: 3 + 5 epochs, 4 samples per step, no stop rule
+    assert small.aux_qa.generator == "rules" and small.aux_qa.stage1_epochs == 3 and small.aux_qa.stage2_epochs == 5
+    assert small.train.early_stop is False and small.train.step_tokens == 0
+    # asked for, a step holds as many reply tokens as samples_per_step segments (+ end-of-turn slack)
+    budgeted = resolve_config(build_config(None, {"train": {"step_tokens": None}}), num_params=135_000_000,
+                              max_positions=8192, on_cuda=False)
+    assert budgeted.train.step_tokens == 0  # the profile's 0 fills an unset field
+    large_budget = resolve_config(LiftConfig(), num_params=8_000_000_000, max_positions=8192, on_cuda=True)
+    assert large_budget.train.step_tokens == large_budget.train.samples_per_step * (large_budget.segments.segment_length + 8)
     assert resolve_config(build_config(None, {"train": {"step_tokens": 0}}), num_params=135_000_000, max_positions=8192,
                           on_cuda=False).train.step_tokens == 0  # 0 = count samples, kept
     assert small.adapter.target_modules == "all-linear" and small.adapter.alpha == 2 * small.adapter.r
