@@ -456,8 +456,8 @@ def smol_server(server, recall_bulk_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issues 10/14, open: the bulk-absorbed SmolLM2 adapters missed their facts in the "
-                   "merged run with the stop-rule defaults (since reverted); routing is covered by the tiny-model tests")
+@pytest.mark.xfail(strict=False, reason="issue 10, open: with the spaCy rule generator the bulk-absorbed SmolLM2 "
+                   "adapters miss their facts (3 + 5 recipe and stop rule alike); routing is covered by the tiny-model tests")
 def test_smollm2_answers_each_document_from_its_own_adapter(smol_server):
     """Each fact lies outside its document's head+tail window, so only that document's adapter supplies it;
     asked of the other document, the answer lacks it. Then 8 concurrent requests over both documents."""
