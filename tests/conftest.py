@@ -282,3 +282,13 @@ def recall_bulk_run(ray_client, tmp_path_factory):
     )
     docs = [DocumentInput(text, alias=f"doc-{i}") for i, (text, _, _) in enumerate(RECALL_DOCUMENTS)]
     return cfg, docs, run_bulk(docs, cfg, progress=False)
+
+
+def drain(generator) -> tuple[list, object]:
+    """Every item a generator yields, and the value it returns (``stream_answer`` returns its Answer)."""
+    items = []
+    while True:
+        try:
+            items.append(next(generator))
+        except StopIteration as stop:
+            return items, stop.value

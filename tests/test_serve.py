@@ -483,6 +483,7 @@ def test_the_ui_http_backend_against_the_real_app(server, store_dir, reference):
     """The Gradio app's remote backend (ui.backends.HttpBackend) over this Serve app: listing,
     streamed answers equal to the engine's, absorbing through POST /v1/documents with progress,
     and a refused key reported as the UI's own error."""
+    from conftest import drain
     from ui.backends import BackendError, HttpBackend
 
     _, ids, _ = store_dir
@@ -490,14 +491,7 @@ def test_the_ui_http_backend_against_the_real_app(server, store_dir, reference):
     rows = {row.doc_id: row for row in backend.list_docs()}
     assert set(ids) <= set(rows) and rows[ids[0]].alias == "tower-0" and rows[ids[4]].adapter_kinds == ["gated_memory"]
     for doc, mode in ((ids[0], "lift+icl"), (ids[4], "icl"), (ids[1], "lift+rag")):
-        stream = backend.stream(QUESTION, doc, mode)
-        pieces = []
-        while True:
-            try:
-                pieces.append(next(stream))
-            except StopIteration as stop:
-                usage = stop.value
-                break
+        pieces, usage = drain(backend.stream(QUESTION, doc, mode))
         ref = reference(doc, mode)
         assert "".join(pieces).strip() == ref.answer
         assert usage.prompt_tokens == ref.prompt_tokens and usage.completion_tokens == ref.new_tokens

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_tiny_model, make_tokenizer  # noqa: F401 (tests/ is on sys.path)
+from conftest import drain, make_tiny_model, make_tokenizer  # noqa: F401 (tests/ is on sys.path)
 from ray_cluster import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -573,14 +573,7 @@ def test_http_backend_absorbs_and_answers_like_the_engine(serve_url):
     view = backend.document_view(outcome.doc_id)  # the text absorbed from this page, the served model's tokenizer
     assert view is not None and view.window == 48 and 0 < view.head_end < view.tail_start < len(view.text)
     for mode in ("icl", "lift+icl"):
-        stream = backend.stream("Who designed the lighthouse?", outcome.doc_id, mode)
-        pieces = []
-        while True:
-            try:
-                pieces.append(next(stream))
-            except StopIteration as done:
-                usage = done.value
-                break
+        pieces, usage = drain(backend.stream("Who designed the lighthouse?", outcome.doc_id, mode))
         expected = engine.answer("Who designed the lighthouse?", outcome.doc_id, mode)
         assert "".join(pieces).strip() == expected.answer
         assert (usage.prompt_tokens, usage.completion_tokens) == (expected.prompt_tokens, expected.new_tokens)
