@@ -135,6 +135,26 @@ def test_rules_ask_each_fact_from_several_directions():
     assert len(kept) > len(one)
 
 
+def test_rules_ask_for_a_name_introduced_by_a_participle_and_keep_every_name():
+    """"a heron called X": the name is asked for through the noun it names, and "What does the keeper
+    keep?" (which the noun answers too) never takes the name's only slot; a repeated sentence's pairs
+    are written once."""
+    filler = "The lamps were lit each evening by the staff. "
+    text = (
+        "The keeper of the Orlen lighthouse keeps a pet gull called Tobbet. " + filler * 3
+        + "A mule named Dusty carries the oil up the cliff path."
+    )
+    _, kept, dropped = _pairs(text)
+    qa = {(p.question, p.answer) for p in kept}
+    assert {
+        ("What is the name of the pet gull that the keeper of the Orlen lighthouse keeps?", "Tobbet"),
+        ("What is the name of the mule that carries the oil up the cliff path?", "Dusty"),
+    } <= qa, qa
+    assert {"Tobbet", "Dusty", "Orlen lighthouse"} <= {p.answer for p in kept}
+    assert len(qa) == len(kept), "a repeated sentence's pairs are written once"
+    assert not [p for p in kept if p.answer == "keeper"], "a role is not taught as the answer about the name"
+
+
 def test_rules_name_the_subject_of_pronouns_and_table_rows():
     text = (
         "The Orchard Society was established in 1923 by three sisters from Kelby. Its president is a retired "

@@ -255,6 +255,14 @@ class _Clause:
             head = [do, subj, *negs, *inner, v.lemma_]
         return " ".join([*head, *body])
 
+    def relative(self, skip) -> str | None:
+        """The clause in statement order with ``skip`` left out: "the captain of the ferry keeps"."""
+        subj = self.subject_text()
+        if subj is None:
+            return None
+        inner, body = self._pieces(skip)
+        return " ".join([subj, *[a.text for a in self.auxes], *[t.text for t in self.negs], *inner, self.verb.text, *body])
+
     def declarative_tail(self) -> str:
         """The clause without its subject, in document order: "designed the lighthouse in 1761"."""
         inner, body = self._pieces(None)
@@ -267,7 +275,7 @@ def _text(tokens) -> str:
         return ""
     first = tokens[0]
     out = "".join(t.text_with_ws for t in tokens).strip()
-    if first.i == first.sent.start and first.pos_ != "PROPN" and not first.text.isupper():
+    if first.i == first.sent.start and first.pos_ != "PROPN" and not (first.text.isupper() and len(first.text) > 1):
         out = first.text.lower() + out[len(first.text):]
     return out
 
@@ -385,6 +393,29 @@ def _part_of(clause: _Clause, fact):
     return None
 
 
+def _named(fact):
+    """The noun a fact is the name of ("a heron called Pimsley" → heron), else None.
+
+    The shape is grammar, not a word list: the fact is the object predicate (``oprd``) of a participle
+    modifying a noun (``acl``), the way prose introduces a name ("a ship named ...", "a dog called ...").
+    """
+    verb = fact.root.head
+    if fact.root.dep_ == "oprd" and verb.dep_ == "acl" and verb.tag_ == "VBN" and verb.head.pos_ == "NOUN":
+        return verb.head
+    return None
+
+
+def _naming_question(noun, clause: _Clause, part) -> str | None:
+    """"What is the name of the pet heron that the captain of the ferry keeps?" for a fact ``_named`` ``noun``."""
+    words = [t for t in noun.subtree if t.i <= noun.i and t.dep_ not in ("det", "poss") and not t.is_punct]
+    if not words or any(t.pos_ == "PRON" for t in words):
+        return None
+    rest = clause.declarative_tail() if part is None else clause.relative(skip=part)
+    if rest is None:
+        return None
+    return _question(f"What is the name of the {_text(words)} that {rest}")
+
+
 def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
     """(question, answer, direction) for each fact of the clause that a wh-question can reach."""
     out = []
@@ -398,11 +429,15 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
             wh = "Who" if label in _PERSONAL else "What"
             if (counted := _counted(fact)) is not None and counted.ent_type_ not in _TEMPORAL:
                 wh = f"How many {counted.text}"
+            if (noun := _named(fact)) is not None and (q := _naming_question(noun, clause, None)):
+                out.append((q, fact.text, "name"))
             out.append((_question(f"{wh} {clause.declarative_tail()}"), _answer(fact, subj, wh), "subject"))
             continue
         part = _part_of(clause, fact)
         if part is None:
             continue
+        if (noun := _named(fact)) is not None and clause.verb.lemma_ != "be" and (q := _naming_question(noun, clause, part)):
+            out.append((q, fact.text, "name"))  # before "What does the captain keep?", which the noun answers too
         wh, prep = _wh(fact, part, label)
         body = clause.inverted(skip=part)
         if body is None:
@@ -434,7 +469,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 5  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 6  # bump when the rules change, so cached pairs are regenerated
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2):
         self.max_pairs = max_pairs
@@ -549,17 +584,18 @@ class RuleQAGenerator:
         order = sorted(by_answer, key=lambda a: (a not in strong, sentence.find(a)))
         out: list[QAPair] = []
         seen: set[str] = set()
-        rank = 0
         # every name, number, date and code gets a pair, however many the sentence holds
         cap = max(self.max_pairs_per_sentence, sum(a in strong for a in order))
-        while len(out) < cap and any(rank < len(by_answer[a]) for a in order):
+        queues = {a: list(by_answer[a]) for a in order}
+        while len(out) < cap and any(queues.values()):
             for a in order:
-                if rank < len(by_answer[a]) and len(out) < cap:
-                    q, a, how = by_answer[a][rank]
-                    if q not in seen:
-                        seen.add(q)
-                        out.append(QAPair(question=q, answer=a, evidence=sentence, sentence_index=index, generator=f"rules:{how}"))
-            rank += 1
+                # an answer's next question that no other answer took ("What does X keep?" asked once)
+                while queues[a] and queues[a][0][0] in seen:
+                    queues[a].pop(0)
+                if queues[a] and len(out) < cap:
+                    q, a, how = queues[a].pop(0)
+                    seen.add(q)
+                    out.append(QAPair(question=q, answer=a, evidence=sentence, sentence_index=index, generator=f"rules:{how}"))
         return out
 
 
@@ -572,8 +608,13 @@ def _antecedent(sent, ctx: _Context) -> str | None:
 
 
 def _drop_conflicts(pairs: list[QAPair]) -> list[QAPair]:
-    """Questions asked twice with different answers teach one answer for both: drop all such pairs."""
+    """Each pair once (a repeated sentence is not a more important fact), and no question asked twice with
+    different answers (that would teach one answer for both): all such pairs are dropped."""
     answers: dict[str, set[str]] = {}
+    unique: dict[tuple[str, str], QAPair] = {}
+    for p in pairs:
+        unique.setdefault((_norm_words(p.question), _norm_words(p.answer)), p)
+    pairs = list(unique.values())
     for p in pairs:
         answers.setdefault(_norm_words(p.question), set()).add(_norm_words(p.answer))
     return [p for p in pairs if len(answers[_norm_words(p.question)]) == 1]
