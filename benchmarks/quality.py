@@ -11,6 +11,9 @@ Modes that use no adapter are answered once per document and shared by every con
     python benchmarks/quality.py --qa none,rules --seeds 0,1                 # the full table
     python benchmarks/quality.py --qa rules --docs 6 --seeds 0               # a quick subset
     python benchmarks/quality.py --qa rules --styles narrative,table --threads 1 --out q.json
+    # two processes of one thread each, then one table from both (2 cores are used better this way)
+    python benchmarks/quality.py --shard 0/2 --threads 1 --out q0.json & python benchmarks/quality.py --shard 1/2 --threads 1 --out q1.json
+    python benchmarks/quality.py --tables q0.json q1.json
 
 Per document it prints ``beyond direct · beyond paraphrased · inside`` hits per mode (SQuAD: beyond ·
 inside), then totals per style and the issue's targets.
@@ -34,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from lift_ray.config import build_config, resolve_config  # noqa: E402
 from lift_ray.evaluate.metrics import contains_answer  # noqa: E402
 from lift_ray.infer import LiftEngine  # noqa: E402
-from lift_ray.modes import COMPARE_MODES, MODE_TITLES, uses_adapter  # noqa: E402
+from lift_ray.modes import MODE_TITLES, MODES, parse_modes, uses_adapter  # noqa: E402
 from lift_ray.store import AdapterStore  # noqa: E402
 
 DEVSET = REPO / "benchmarks" / "data" / "devset.jsonl"
@@ -92,9 +95,19 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write every answer as JSON here (rewritten after each document)")
+    parser.add_argument("--modes", default=",".join(MODES), help="answer modes to compare (whole-document icl is always added)")
+    parser.add_argument("--shard", default="0/1", metavar="I/N", help="only every N-th document, starting at the I-th")
+    parser.add_argument("--tables", type=Path, nargs="+", metavar="OUT_JSON",
+                        help="print the tables of earlier --out files (e.g. one per shard) and exit")
     args = parser.parse_args()
+    modes = parse_modes(args.modes)
+    if args.tables:
+        results = [row for path in args.tables for row in json.loads(path.read_text())]
+        print_tables(results, args.context_window, tuple(m for m in MODES if any(m in r["hits"] for r in results)))
+        return
     torch.set_num_threads(args.threads)
-    docs = load_devset(args.devset, args.docs, args.styles)
+    shard, _, shards = args.shard.partition("/")
+    docs = load_devset(args.devset, args.docs, args.styles)[int(shard) :: int(shards)]
     extra: dict = {}
     for item in args.set:
         key, _, value = item.partition("=")
@@ -129,7 +142,7 @@ def main() -> None:
                 for i, q in enumerate(doc["qa_pairs"]):
                     b = bucket(q)
                     row["totals"][b] += 1
-                    for mode in (*COMPARE_MODES, FULL):
+                    for mode in (*modes, FULL):
                         if mode == FULL or not uses_adapter(mode):
                             key = (doc["id"], i, mode)
                             if key not in baseline:
@@ -145,18 +158,18 @@ def main() -> None:
                 engine.detach()
                 results.append(row)
                 print(json.dumps({k: row[k] for k in ("doc", "qa", "seed", "absorb_s", "qa_pairs")}
-                                 | {m: dict(row["hits"][m]) for m in (*COMPARE_MODES, FULL)}), file=sys.stderr, flush=True)
+                                 | {m: dict(row["hits"][m]) for m in (*modes, FULL)}), file=sys.stderr, flush=True)
                 if args.out:
                     args.out.write_text(json.dumps(results, indent=1, default=dict))
-    print_tables(results, args.context_window)
+    print_tables(results, args.context_window, modes)
 
 
 def _cell(hits: dict, totals: dict, buckets) -> str:
     return " · ".join(f"{hits.get(b, 0)}/{totals[b]}" for b in buckets if totals.get(b))
 
 
-def print_tables(results: list[dict], window: int) -> None:
-    modes = (*COMPARE_MODES, FULL)
+def print_tables(results: list[dict], window: int, answer_modes: tuple[str, ...]) -> None:
+    modes = (*answer_modes, FULL)
     titles = {**MODE_TITLES, FULL: "whole doc (ceiling)"}
     print(f"\nPer document, W={window}: hits beyond (direct · paraphrased, or SQuAD) · inside\n")
     print("| document | QA | seed | pairs | absorb s | " + " | ".join(titles[m] for m in modes) + " |")

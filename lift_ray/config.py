@@ -103,6 +103,10 @@ class AuxQAConfig(_Base):
         2, ge=1, description="Rule generator: pairs per sentence (the AT density); every name, number, date, code "
         "and main-verb complement of a sentence still gets one.",
     )
+    questions_per_fact: int = Field(
+        2, ge=1, description="Rule generator: questions asked about each name, number, date and code, each from "
+        "another direction (subject side, object side, cloze) where the sentence offers one.",
+    )
     sentences_per_window: int = Field(
         16, ge=1, description="LLM generator: consecutive sentences shown to the model per request (paper: ~16)."
     )

@@ -128,9 +128,14 @@ def test_rules_ask_each_fact_from_several_directions():
     assert {p.generator for p in kept if "1887" in p.answer} >= {"rules:object", "rules:cloze"}
     assert any(p.generator == "rules:subject" and "1887" in p.question for p in kept)
     # the density setting caps pairs per sentence, but never below one pair per name or number
-    _, one, _ = _pairs(GLASSWORKS, max_pairs_per_sentence=1)
+    _, one, _ = _pairs(GLASSWORKS, max_pairs_per_sentence=1, questions_per_fact=1)
     per_fact = [(p.sentence_index, p.answer) for p in one]
     assert len(per_fact) == len(set(per_fact)), "with a cap of one, no fact gets a second pair"
+    # by default each name, number and date is asked twice, from two directions
+    _, default, _ = _pairs(GLASSWORKS)
+    for fact in ("1887", "Ilse Brandt"):
+        asked = [p for p in default if p.answer == fact]
+        assert len(asked) >= 2 and len({p.generator for p in asked}) >= 2, asked
     assert {"1887", "Ilse Brandt", "Velmora"} <= {p.answer for p in one}
     assert len(kept) > len(one)
 
@@ -153,6 +158,20 @@ def test_rules_ask_for_a_name_introduced_by_a_participle_and_keep_every_name():
     assert {"Tobbet", "Dusty", "Orlen lighthouse"} <= {p.answer for p in kept}
     assert len(qa) == len(kept), "a repeated sentence's pairs are written once"
     assert not [p for p in kept if p.answer == "keeper"], "a role is not taught as the answer about the name"
+
+
+def test_rules_answer_a_list_whole():
+    """"What does the shop sell?" taught "postcards" alone would answer a question about the salt wrongly."""
+    _, kept, _ = _pairs("A small kiosk by the gate sells maps, candles and jars of dark honey from the hills.")
+    answers = {p.answer for p in kept if p.question.endswith("?")}
+    assert "maps, candles and jars of dark honey" in answers, answers
+    assert "maps" not in {p.answer for p in kept}
+
+
+def test_rules_ask_the_agent_of_a_passive_clause_who_did_it():
+    _, kept, _ = _pairs("The bridge was painted in 1911 by the engineer Talia Vorn.")
+    asked = {p.question for p in kept if "Talia Vorn" in p.answer}
+    assert {"Who painted the bridge in 1911?", "Who was the bridge painted in 1911 by?"} <= asked, asked  # as users ask it
 
 
 def test_rules_name_the_subject_of_pronouns_and_table_rows():

@@ -56,7 +56,8 @@ def make_generator(cfg, *, loaded=None) -> QAGenerator | None:
     if cfg.generator == "none":
         return None
     if cfg.generator == "rules":
-        return RuleQAGenerator(max_pairs=cfg.max_pairs, max_pairs_per_sentence=cfg.max_pairs_per_sentence)
+        return RuleQAGenerator(max_pairs=cfg.max_pairs, max_pairs_per_sentence=cfg.max_pairs_per_sentence,
+                               questions_per_fact=cfg.questions_per_fact)
     if cfg.llm_endpoint:
         if not cfg.llm_model:
             raise ValueError("aux_qa.llm_model is required with aux_qa.llm_endpoint")

@@ -120,6 +120,18 @@ def fact_spans(sent) -> list:
             words = [t for t in chunk if t.dep_ not in ("det", "poss", "case") and not t.is_punct]
             if words and len(words) <= MAX_ANSWER_WORDS:
                 found.append(doc[words[0].i : words[-1].i + 1])
+            conjuncts = [c for c in chunk.root.subtree if c.dep_ == "conj"]
+            if words and conjuncts:
+                # a list is answered whole ("postcards, books and bags of salt"), not by its first item;
+                # a phrase the parser hung on the first item ("of salt") joins it when it follows the last one
+                end = max(c.right_edge.i for c in conjuncts)
+                for prep in chunk.root.children:
+                    if prep.dep_ == "prep" and prep.i == end + 1 and not any(t.pos_ == "DET" for t in prep.subtree):
+                        end = prep.right_edge.i
+                items = _trim(doc[words[0].i : end + 1])
+                same_kind = all(c.pos_ == chunk.root.pos_ for c in conjuncts) and not any(t.pos_ == "DET" for t in items)
+                if same_kind and len([t for t in items if not t.is_punct]) <= MAX_ANSWER_WORDS:
+                    found.append(items)
     root = sent.root
     if root.lemma_ == "be":  # what a definition states: "X is cardamom", "X is 40 metres long"
         for comp in root.children:
@@ -263,6 +275,20 @@ class _Clause:
         inner, body = self._pieces(skip)
         return " ".join([subj, *[a.text for a in self.auxes], *[t.text for t in self.negs], *inner, self.verb.text, *body])
 
+    def active(self, skip) -> str | None:
+        """A past passive clause turned active without its agent ``skip``: "opened the museum in 1936".
+
+        Only regular verbs (the participle is the past tense: "-ed"); None otherwise.
+        """
+        subj = self.subject_text()
+        passive = [a for a in self.auxes if a.dep_ == "auxpass"]
+        if subj is None or self.negs or len(self.auxes) != 1 or not passive or passive[0].tag_ != "VBD":
+            return None
+        if self.verb.tag_ != "VBN" or not self.verb.text.endswith("ed"):
+            return None
+        inner, body = self._pieces(skip)
+        return " ".join([self.verb.text, subj, *inner, *body])
+
     def declarative_tail(self) -> str:
         """The clause without its subject, in document order: "designed the lighthouse in 1761"."""
         inner, body = self._pieces(None)
@@ -400,7 +426,7 @@ def _named(fact):
     modifying a noun (``acl``), the way prose introduces a name ("a ship named ...", "a dog called ...").
     """
     verb = fact.root.head
-    if fact.root.dep_ == "oprd" and verb.dep_ == "acl" and verb.tag_ == "VBN" and verb.head.pos_ == "NOUN":
+    if fact.root.dep_ == "oprd" and verb.dep_ == "acl" and verb.tag_ == "VBN" and verb.head.pos_ in ("NOUN", "PROPN"):
         return verb.head
     return None
 
@@ -439,9 +465,13 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
         if (noun := _named(fact)) is not None and clause.verb.lemma_ != "be" and (q := _naming_question(noun, clause, part)):
             out.append((q, fact.text, "name"))  # before "What does the captain keep?", which the noun answers too
         wh, prep = _wh(fact, part, label)
+        if part.dep_ == "agent" and label not in _PLACES and any(t.pos_ == "PROPN" for t in fact):
+            wh = "Who"  # "by" a name: a person or a body acting, whatever the recogniser labelled it
+            if (active := clause.active(skip=part)) is not None:
+                out.append((_question(f"Who {active}"), _answer(fact, part, wh), "agent"))
         body = clause.inverted(skip=part)
-        if body is None:
-            continue
+        if body is None or (clause.verb.lemma_ == "be" and len(body.split()) < 3):
+            continue  # "What is entry?": a bare noun and a copula pick out nothing; the cloze asks it instead
         out.append((_question(f"{wh} {body} {prep}"), _answer(fact, part, wh), "object"))
     return out
 
@@ -465,19 +495,22 @@ class RuleQAGenerator:
 
     Args:
         max_pairs: at most this many pairs per document (spread over it by :func:`generate_pairs`).
-        max_pairs_per_sentence: at most this many pairs from one sentence (the auxiliary-task density).
+        max_pairs_per_sentence: pairs from one sentence beyond those of its names and numbers (the
+            auxiliary-task density).
+        questions_per_fact: questions about each name, number, date and code, from different directions.
     """
 
     kind = "rules"
-    VERSION = 6  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 8  # bump when the rules change, so cached pairs are regenerated
 
-    def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2):
+    def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
         self.max_pairs = max_pairs
         self.max_pairs_per_sentence = max_pairs_per_sentence
+        self.questions_per_fact = questions_per_fact
 
     def settings(self) -> dict:
         return {"version": self.VERSION, "parser": SPACY_PACKAGE, "max_pairs": self.max_pairs,
-                "max_pairs_per_sentence": self.max_pairs_per_sentence}
+                "max_pairs_per_sentence": self.max_pairs_per_sentence, "questions_per_fact": self.questions_per_fact}
 
     def cache_key(self) -> str:
         return settings_key(self.kind, self.settings())
@@ -584,18 +617,27 @@ class RuleQAGenerator:
         order = sorted(by_answer, key=lambda a: (a not in strong, sentence.find(a)))
         out: list[QAPair] = []
         seen: set[str] = set()
-        # every name, number, date and code gets a pair, however many the sentence holds
-        cap = max(self.max_pairs_per_sentence, sum(a in strong for a in order))
         queues = {a: list(by_answer[a]) for a in order}
-        while len(out) < cap and any(queues.values()):
+
+        def take(a: str) -> None:
+            # the answer's next question that no other answer took ("What does X keep?" is asked once)
+            while queues[a] and queues[a][0][0] in seen:
+                queues[a].pop(0)
+            if queues[a]:
+                q, a, how = queues[a].pop(0)
+                seen.add(q)
+                out.append(QAPair(question=q, answer=a, evidence=sentence, sentence_index=index, generator=f"rules:{how}"))
+
+        # every name, number, date and code is asked questions_per_fact times (each a different direction),
+        # however many the sentence holds; then the density budget goes round-robin over all answers
+        for _ in range(self.questions_per_fact):
             for a in order:
-                # an answer's next question that no other answer took ("What does X keep?" asked once)
-                while queues[a] and queues[a][0][0] in seen:
-                    queues[a].pop(0)
-                if queues[a] and len(out) < cap:
-                    q, a, how = queues[a].pop(0)
-                    seen.add(q)
-                    out.append(QAPair(question=q, answer=a, evidence=sentence, sentence_index=index, generator=f"rules:{how}"))
+                if a in strong:
+                    take(a)
+        while len(out) < self.max_pairs_per_sentence and any(queues.values()):
+            for a in order:
+                if len(out) < self.max_pairs_per_sentence:
+                    take(a)
         return out
 
 
