@@ -168,6 +168,17 @@ def test_rules_answer_a_list_whole():
     assert "maps" not in {p.answer for p in kept}
 
 
+def test_rules_ask_about_facts_inside_relative_clauses():
+    """The relative pronoun is replaced by the noun it stands for; a copula's complement is asked "what"."""
+    text = ("The oldest exhibit is a rowing boat that once carried mail across the Dunmere Sound. "
+            "It rests in a glass case whose serial number is 5263.")
+    _, kept, _ = _pairs(text)
+    qa = {(p.question, p.answer) for p in kept}
+    assert qa & {("Where did the rowing boat once carry mail?", "Dunmere Sound"),
+                 ("What did the rowing boat once carry mail across?", "Dunmere Sound")}, qa
+    assert ("What is the serial number of the glass case?", "5263") in qa, qa
+
+
 def test_rules_ask_the_agent_of_a_passive_clause_who_did_it():
     _, kept, _ = _pairs("The bridge was painted in 1911 by the engineer Talia Vorn.")
     asked = {p.question for p in kept if "Talia Vorn" in p.answer}

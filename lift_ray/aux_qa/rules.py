@@ -45,6 +45,7 @@ _AUXES = {"aux", "auxpass"}
 _CLAUSE_BREAKS = {"conj", "cc", "advcl", "parataxis", "ccomp", "mark", "punct", "relcl", "discourse", "intj", "meta"}
 _ARGUMENTS = {"dobj", "attr", "oprd", "dative", "pobj", "acomp", "xcomp", "agent", "prep", "npadvmod", "advmod", "obj"}
 _PERSONAL = {"PERSON", "NORP"}
+_RELATIVE = {"WDT", "WP", "WP$"}  # tags of "that"/"which", "who", "whose"
 _TEMPORAL = {"DATE", "TIME"}
 _PLACES = {"GPE", "LOC", "FAC"}
 _NUMERIC = {"CARDINAL", "QUANTITY", "MONEY", "PERCENT", "ORDINAL"}
@@ -207,9 +208,10 @@ def _is_heading(sentence: str, paragraph: list[str]) -> bool:
 class _Clause:
     """A verb with its subject, auxiliaries and the other constituents, each a contiguous token range."""
 
-    def __init__(self, verb, subject, ctx: _Context):
+    def __init__(self, verb, subject, ctx: _Context, antecedent: str | None = None):
         self.verb = verb
         self.subject = subject  # a token (head of the subject) or None
+        self.antecedent = antecedent  # what a relative pronoun ("that", "whose") in the subject stands for
         self.auxes = [c for c in verb.children if c.dep_ in _AUXES and c.i < verb.i]
         self.negs = [c for c in verb.children if c.dep_ == "neg"]
         self.parts = [
@@ -222,7 +224,7 @@ class _Clause:
         """The subject as a question should name it: pronouns resolved, sentence case undone."""
         if self.subject is None:
             return None
-        return _resolved(self.subject, self.ctx)
+        return _resolved(self.subject, self.ctx, self.antecedent)
 
     def _part_text(self, part) -> str:
         """A constituent's words, without the comma or conjunction that ends its range."""
@@ -306,15 +308,18 @@ def _text(tokens) -> str:
     return out
 
 
-def _resolved(subject, ctx: _Context) -> str | None:
-    """The subject phrase with a pronoun (or a possessive inside it) replaced by its antecedent."""
+def _resolved(subject, ctx: _Context, antecedent: str | None = None) -> str | None:
+    """The subject phrase with a pronoun (or a possessive inside it) replaced by its antecedent;
+    ``antecedent`` is what a relative pronoun ("that", "which", "whose") stands for."""
     tokens = list(subject.doc[subject.left_edge.i : subject.right_edge.i + 1])
+    if subject.tag_ in _RELATIVE:
+        return antecedent
     if subject.pos_ == "PRON":
         return _pronoun_antecedent(subject.lower_, ctx)
-    poss = [t for t in tokens if t.dep_ == "poss" and t.pos_ == "PRON"]
+    poss = [t for t in tokens if t.dep_ == "poss" and (t.pos_ == "PRON" or t.tag_ in _RELATIVE)]
     if not poss:
         return _text(tokens)
-    owner = _pronoun_antecedent(poss[0].lower_, ctx)
+    owner = antecedent if poss[0].tag_ in _RELATIVE else _pronoun_antecedent(poss[0].lower_, ctx)
     if owner is None:
         return None
     k = tokens.index(poss[0])
@@ -333,8 +338,33 @@ def _pronoun_antecedent(pronoun: str, ctx: _Context) -> str | None:
     return None
 
 
+def _noun_phrase(noun) -> str:
+    """A noun with its modifiers before it, as a definite description: "the locked cabinet"."""
+    words = [t for t in noun.subtree if t.i <= noun.i and t.dep_ not in ("det", "poss", "case") and not t.is_punct]
+    return "the " + _text(words) if noun.pos_ == "NOUN" else _text(words)
+
+
+def _relative_clauses(sent, ctx: _Context) -> Iterator[_Clause]:
+    """Clauses whose subject is a relative pronoun, asked about the noun it stands for: "a wagon that
+    carried salt over the Pass" → the wagon carried ...; "a cabinet whose key number is 4187" → the key
+    number of the cabinet is ... (the parser may attach the latter as a clausal complement)."""
+    for verb in sent:
+        if verb.pos_ not in ("VERB", "AUX") or verb.dep_ not in ("relcl", "ccomp"):
+            continue
+        subject = next((c for c in verb.children if c.dep_ in _SUBJECTS), None)
+        if subject is None:
+            continue
+        if subject.tag_ in _RELATIVE and verb.dep_ == "relcl" and verb.head.pos_ in ("NOUN", "PROPN"):
+            yield _Clause(verb, subject, ctx, antecedent=_noun_phrase(verb.head))
+            continue
+        whose = next((t for t in subject.subtree if t.dep_ == "poss" and t.tag_ == "WP$"), None)
+        if whose is not None and whose.i > sent.start and (owner := sent.doc[whose.i - 1]).pos_ in ("NOUN", "PROPN"):
+            yield _Clause(verb, subject, ctx, antecedent=_noun_phrase(owner))
+
+
 def _clauses(sent, ctx: _Context) -> Iterator[_Clause]:
-    """The main clause and the clauses coordinated with it ("…, and the labels are printed in Dunmore")."""
+    """The main clause, the clauses coordinated with it ("…, and the labels are printed in Dunmore")
+    and relative clauses ("… a wagon that carried salt over the Pass")."""
     root = sent.root
     if root.pos_ not in ("VERB", "AUX"):
         return
@@ -344,6 +374,7 @@ def _clauses(sent, ctx: _Context) -> Iterator[_Clause]:
         if conj.dep_ == "conj" and conj.pos_ in ("VERB", "AUX"):
             own = next((c for c in conj.children if c.dep_ in _SUBJECTS), None)
             yield _Clause(conj, own or subject, ctx)
+    yield from _relative_clauses(sent, ctx)
 
 
 # --- questions --------------------------------------------------------------------------------------
@@ -355,7 +386,7 @@ def _wh(fact, part, label: str) -> tuple[str, str]:
     counted = _counted(fact)
     if counted is not None and counted.ent_type_ not in _TEMPORAL:  # "twelve furnaces", "7421 gold coins"
         return f"How many {counted.text}", prep
-    if label in _TEMPORAL:
+    if label in _TEMPORAL and part.dep_ != "attr":  # "the key number is 4187" states what, not when
         duration = counted is not None and counted.tag_ == "NNS"  # "eleven years", not "the spring of 1598"
         return ("How long", "") if duration else ("When", "")
     if prep and label in _PLACES:
@@ -501,7 +532,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 8  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 9  # bump when the rules change, so cached pairs are regenerated
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
         self.max_pairs = max_pairs
