@@ -20,7 +20,7 @@ from lift_ray.adapters import attach_adapter
 from lift_ray.config import LiftConfig
 from lift_ray.model import LoadedModel
 from lift_ray.aux_qa import QAPair, generate_report, make_generator, parse_report, qa_samples
-from lift_ray.retrieval import RetrievalIndex, index_key
+from lift_ray.retrieval import RetrievalIndex, index_key, retrieved_view
 from lift_ray.segments import Sample, chat_format, segment_samples
 from lift_ray.store import AdapterStore, BaseModelRef, Manifest, TrainMetrics, doc_id_for, now_iso, sha256_file, variant_id
 from lift_ray.text import DocumentError, check_document_text, decode_document, read_document  # noqa: F401  (absorb's input errors)
@@ -144,15 +144,28 @@ def absorb_document(
     report = on_progress or (lambda event: None)
     report(AbsorbProgress("qa"))
     pairs = auxiliary_pairs(loaded, text, doc_id, cfg, store)
-    qa = qa_samples(
-        pairs,
-        fmt=fmt,
-        tokenizer=tok,
-        doc_ids=doc_tokens,
-        context_window=seg.context_window,
-        answer_prompt=cfg.inference.answer_prompt,
-        mixin=seg.mixin,
-    )
+    # The rag modes' index, built once here and published beside the document for every reader.
+    r = cfg.retrieval
+    index = RetrievalIndex.build(text, tok, r.chunk_tokens, r.overlap_tokens)
+    mixin_ids = tok(seg.mixin, add_special_tokens=False)["input_ids"]
+
+    def retrieved(question: str) -> list[int]:  # the view a rag / lift+rag answer to this question reads
+        return retrieved_view(index, doc_tokens, question, seg.context_window, mixin_ids, r.head_tail_share).ids
+
+    qa = [
+        sample
+        for view in cfg.aux_qa.views
+        for sample in qa_samples(
+            pairs,
+            fmt=fmt,
+            tokenizer=tok,
+            doc_ids=doc_tokens,
+            context_window=seg.context_window,
+            answer_prompt=cfg.inference.answer_prompt,
+            mixin=seg.mixin,
+            view_for=retrieved if view == "retrieved" else None,
+        )
+    ]
     stages = training_stages(samples, qa, cfg)
     if progress:
         t = cfg.train
@@ -161,7 +174,7 @@ def absorb_document(
         print(
             f"lift-ray: absorbing {doc_id}: {len(doc_tokens)} tokens -> {len(samples)} segments "
             f"(ℓ={budgets.segment_length}, stride={budgets.stride}, context={budgets.train_context}) + "
-            f"{len(qa)} QA pairs, {cfg.adapter.kind} adapter, at most "
+            f"{len(qa)} QA samples ({len(pairs)} pairs × {' + '.join(cfg.aux_qa.views)} view), {cfg.adapter.kind} adapter, at most "
             + " then ".join(f"{stage.epochs} epochs on {stage.name}" for stage in stages)
             + stop,
             file=sys.stderr,
@@ -202,7 +215,7 @@ def absorb_document(
                 context_window=seg.context_window,
                 num_tokens=len(doc_tokens),
                 num_samples=len(samples) + len(qa),
-                num_qa_pairs=len(qa),
+                num_qa_pairs=len(pairs) if qa else 0,
                 training=metrics,
                 files={name: sha256_file(Path(tmp) / name) for name in names},
                 alias=alias,
@@ -215,9 +228,6 @@ def absorb_document(
                     doc_id, variant, "lease_lost", len(doc_tokens), store.uri, round(time.perf_counter() - start, 3), metrics
                 )
             report(AbsorbProgress("publish"))
-            # The rag modes' index is built once here and kept beside the document for every reader.
-            r = cfg.retrieval
-            index = RetrievalIndex.build(text, tok, r.chunk_tokens, r.overlap_tokens)
             store.put_retrieval_index(doc_id, index_key(loaded.model_id, r.chunk_tokens, r.overlap_tokens), index.to_files())
             store.publish(manifest, text, Path(tmp))
     finally:

@@ -451,3 +451,35 @@ def test_qa_samples_match_the_icl_prompt_and_pack_exactly(tiny_loaded):
     assert n_packed == sum(n for _, n in separate) == sum(s.num_target_tokens for s in samples)
     assert packed.item() == pytest.approx(total / n_packed, rel=1e-5)
     assert separate[0][0].item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_qa_samples_in_the_retrieved_view_match_the_rag_prompt_and_pack_exactly(tiny_loaded):
+    """aux_qa.views ["retrieved"]: each pair is trained in the view a rag / lift+rag answer to it reads."""
+    from lift_ray.retrieval import RetrievalIndex, retrieved_view
+
+    tok = tiny_loaded.tokenizer
+    fmt = chat_format(tok)
+    inf, seg = InferenceConfig(), SegmentConfig()
+    doc_ids = tok(SAMPLE, add_special_tokens=False)["input_ids"]
+    window = 48
+    mixin_ids = tok(seg.mixin, add_special_tokens=False)["input_ids"]
+    index = RetrievalIndex.build(SAMPLE, tok, 16, 4)
+    pairs = RuleQAGenerator().generate(SAMPLE)[:4]
+
+    def view_for(question):
+        return retrieved_view(index, doc_ids, question, window, mixin_ids).ids
+
+    samples = qa_samples(pairs, fmt=fmt, tokenizer=tok, doc_ids=doc_ids, context_window=window,
+                         answer_prompt=inf.answer_prompt, mixin=seg.mixin, view_for=view_for)
+    views = [view_for(p.question) for p in pairs]
+    assert len({tuple(v) for v in views}) > 1, "the questions retrieve different chunks"
+    for pair, view, s in zip(pairs, views, samples):
+        prompt = build_question_prompt(fmt=fmt, tokenizer=tok, question=pair.question, mode="rag", view=view,
+                                       answer_prompt=inf.answer_prompt, lift_prompt=inf.lift_prompt)
+        target = tok(pair.answer, add_special_tokens=False)["input_ids"] + list(fmt.reply_end)
+        assert s.input_ids == prompt + target and s.labels == [IGNORE_INDEX] * len(prompt) + target
+        assert s.prefix_len == len(fmt.user_start)  # only the chat header is shared
+    with torch.no_grad():
+        packed, n = packed_loss(tiny_loaded.model, pack_shared_prefix(samples))
+        separate = [packed_loss(tiny_loaded.model, pack_shared_prefix([s])) for s in samples]
+    assert packed.item() == pytest.approx(sum(loss.item() * k for loss, k in separate) / n, rel=1e-5)

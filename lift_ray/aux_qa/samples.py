@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from lift_ray.aux_qa.pairs import QAPair
 from lift_ray.segments import IGNORE_INDEX, ChatFormat, Sample, build_prompt_ids, question_content, truncate_middle
 
@@ -14,6 +16,7 @@ def qa_samples(
     context_window: int,
     answer_prompt: str,
     mixin: str,
+    view_for: Callable[[str], list[int]] | None = None,
 ) -> list[Sample]:
     """SFT samples in exactly the icl / lift+icl question format of :func:`lift_ray.infer.build_question_prompt`.
 
@@ -22,13 +25,18 @@ def qa_samples(
     the part every QA sample of the document shares (chat header + view), so
     :func:`lift_ray.segments.pack_shared_prefix` computes the view once per step and treats each
     question + answer as its own branch.
+
+    ``view_for`` (question → view token ids) trains each pair in its own view instead, e.g. the chunks
+    retrieval picks for that question (the rag / lift+rag prompt); such samples share only the chat
+    header, so a step still packs several of them.
     """
     mixin_ids = tokenizer(mixin, add_special_tokens=False)["input_ids"]
-    view = truncate_middle(doc_ids, context_window, mixin_ids)
-    shared = [*fmt.user_start, *view]
+    head_tail = truncate_middle(doc_ids, context_window, mixin_ids)
     samples = []
     for p in pairs:
+        view = head_tail if view_for is None else view_for(p.question)
+        shared = len(fmt.user_start) + (len(view) if view_for is None else 0)
         prompt = build_prompt_ids(fmt, question_content(tokenizer, view, p.question, answer_prompt))
         target = [*tokenizer(p.answer.strip(), add_special_tokens=False)["input_ids"], *fmt.reply_end]
-        samples.append(Sample(prompt + target, [IGNORE_INDEX] * len(prompt) + target, len(shared), "qa"))
+        samples.append(Sample(prompt + target, [IGNORE_INDEX] * len(prompt) + target, shared, "qa"))
     return samples
