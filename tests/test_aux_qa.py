@@ -158,6 +158,10 @@ def test_rules_ask_for_a_name_introduced_by_a_participle_and_keep_every_name():
     assert {"Tobbet", "Dusty", "Orlen lighthouse"} <= {p.answer for p in kept}
     assert len(qa) == len(kept), "a repeated sentence's pairs are written once"
     assert not [p for p in kept if p.answer == "keeper"], "a role is not taught as the answer about the name"
+    # with a copula, the name is what the subject is called, and "What is the warden?" never answers "woman"
+    _, kept, _ = _pairs("The warden of the salt marsh is a woman named Ysolde Carrow.")
+    assert ("What is the name of the warden of the salt marsh?", "Ysolde Carrow") in {(p.question, p.answer) for p in kept}
+    assert not [p for p in kept if p.answer == "woman" and p.question.endswith("?")]
 
 
 def test_rules_answer_a_list_whole():

@@ -493,8 +493,14 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
         part = _part_of(clause, fact)
         if part is None:
             continue
-        if (noun := _named(fact)) is not None and clause.verb.lemma_ != "be" and (q := _naming_question(noun, clause, part)):
-            out.append((q, fact.text, "name"))  # before "What does the captain keep?", which the noun answers too
+        if (noun := _named(fact)) is not None:  # before "What does the captain keep?", which the noun answers too
+            if clause.verb.lemma_ != "be" and (q := _naming_question(noun, clause, part)):
+                out.append((q, fact.text, "name"))
+            elif clause.verb.lemma_ == "be" and noun.i == part.i and not clause.auxes and (subj_text := clause.subject_text()):
+                # "The watchman is a man named Osric Fell": the name is what the subject is called
+                out.append((_question(f"What {clause.verb.text.lower()} the name of {subj_text}"), fact.text, "name"))
+        if clause.verb.lemma_ == "be" and any(_named(f) is not None and _named(f).i == fact.root.i for f in facts):
+            continue  # "What is the watchman?" → "man" would be taught where the name is the answer
         wh, prep = _wh(fact, part, label)
         if part.dep_ == "agent" and label not in _PLACES and any(t.pos_ == "PROPN" for t in fact):
             wh = "Who"  # "by" a name: a person or a body acting, whatever the recogniser labelled it
@@ -532,7 +538,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 9  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 10  # bump when the rules change, so cached pairs are regenerated
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
         self.max_pairs = max_pairs
