@@ -164,6 +164,7 @@ def absorb_document(
             answer_prompt=cfg.inference.answer_prompt,
             mixin=seg.mixin,
             view_for=retrieved if view == "retrieved" else None,
+            lift_prompt=cfg.inference.lift_prompt if view == "none" else None,
         )
     ]
     stages = training_stages(samples, qa, cfg)

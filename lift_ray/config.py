@@ -117,10 +117,11 @@ class AuxQAConfig(_Base):
         "None: the loaded base model writes the pairs.",
     )
     llm_model: str | None = Field(None, description="LLM generator: model name sent to llm_endpoint.")
-    views: list[Literal["head_tail", "retrieved"]] = Field(
+    views: list[Literal["head_tail", "retrieved", "none"]] = Field(
         ["head_tail"], min_length=1,
         description="Views each QA pair is trained in: head_tail (the icl / lift+icl prompt), retrieved (the chunks "
-        "BM25 picks for its question: the rag / lift+rag prompt). Both: every pair twice.",
+        "BM25 picks for its question: the rag / lift+rag prompt), none (the lift prompt: no document). Each view "
+        "listed adds every pair once.",
     )
     stage1_epochs: int | None = Field(
         None, ge=0, description="Two-stage schedule: epochs on segments only before the QA pairs join. None: the profile's value."

@@ -33,10 +33,10 @@ def test_two_stage_schedule_with_rule_qa(tiny_loaded, tiny_config):
     assert manifest.config["aux_qa"]["generator"] == "rules"
 
 
-def test_qa_pairs_trained_in_both_views(tiny_loaded, tiny_config):
-    """aux_qa.views [head_tail, retrieved]: every pair is a sample twice; the setting is a new variant."""
+def test_qa_pairs_trained_in_every_view(tiny_loaded, tiny_config):
+    """aux_qa.views [head_tail, retrieved, none]: every pair is a sample three times; the setting is a new variant."""
     base = _cfg(tiny_config, aux_qa={"generator": "rules", "stage1_epochs": 0, "stage2_epochs": 1}, train={"early_stop": False})
-    both = _cfg(tiny_config, aux_qa={"generator": "rules", "stage1_epochs": 0, "stage2_epochs": 1, "views": ["head_tail", "retrieved"]},
+    both = _cfg(tiny_config, aux_qa={"generator": "rules", "stage1_epochs": 0, "stage2_epochs": 1, "views": ["head_tail", "retrieved", "none"]},
                 train={"early_stop": False})
     store = AdapterStore(base.store.uri)
     one = absorb_document(tiny_loaded, LONG_TEXT, base, store, progress=False)
@@ -44,7 +44,7 @@ def test_qa_pairs_trained_in_both_views(tiny_loaded, tiny_config):
     assert one.variant != two.variant and two.status == "absorbed"
     m1, m2 = store.manifest(one.doc_id, one.variant), store.manifest(two.doc_id, two.variant)
     assert m2.num_qa_pairs == m1.num_qa_pairs == len(two.qa_pairs) > 0
-    assert m2.num_samples - m1.num_samples == m1.num_qa_pairs
+    assert m2.num_samples - m1.num_samples == 2 * m1.num_qa_pairs
 
 
 def test_the_manifest_records_every_check_and_why_training_stopped(tiny_loaded, tiny_config):

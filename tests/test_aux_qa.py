@@ -487,3 +487,19 @@ def test_qa_samples_in_the_retrieved_view_match_the_rag_prompt_and_pack_exactly(
         packed, n = packed_loss(tiny_loaded.model, pack_shared_prefix(samples))
         separate = [packed_loss(tiny_loaded.model, pack_shared_prefix([s])) for s in samples]
     assert packed.item() == pytest.approx(sum(loss.item() * k for loss, k in separate) / n, rel=1e-5)
+
+
+def test_qa_samples_without_the_document_match_the_lift_prompt(tiny_loaded):
+    """aux_qa.views ["none"]: the pair in the lift prompt, so the answer has to come from the adapter."""
+    tok = tiny_loaded.tokenizer
+    fmt = chat_format(tok)
+    inf, seg = InferenceConfig(), SegmentConfig()
+    doc_ids = tok(SAMPLE, add_special_tokens=False)["input_ids"]
+    pairs = RuleQAGenerator().generate(SAMPLE)[:2]
+    samples = qa_samples(pairs, fmt=fmt, tokenizer=tok, doc_ids=doc_ids, context_window=48,
+                         answer_prompt=inf.answer_prompt, mixin=seg.mixin, lift_prompt=inf.lift_prompt)
+    for pair, s in zip(pairs, samples):
+        prompt = build_question_prompt(fmt=fmt, tokenizer=tok, question=pair.question, mode="lift", view=None,
+                                       answer_prompt=inf.answer_prompt, lift_prompt=inf.lift_prompt)
+        target = tok(pair.answer, add_special_tokens=False)["input_ids"] + list(fmt.reply_end)
+        assert s.input_ids == prompt + target and s.prefix_len == len(fmt.user_start)

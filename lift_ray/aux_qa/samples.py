@@ -17,6 +17,7 @@ def qa_samples(
     answer_prompt: str,
     mixin: str,
     view_for: Callable[[str], list[int]] | None = None,
+    lift_prompt: str | None = None,
 ) -> list[Sample]:
     """SFT samples in exactly the icl / lift+icl question format of :func:`lift_ray.infer.build_question_prompt`.
 
@@ -28,15 +29,21 @@ def qa_samples(
 
     ``view_for`` (question → view token ids) trains each pair in its own view instead, e.g. the chunks
     retrieval picks for that question (the rag / lift+rag prompt); such samples share only the chat
-    header, so a step still packs several of them.
+    header, so a step still packs several of them. ``lift_prompt`` trains them in the lift prompt
+    instead (no document: the answer must come from the adapter).
     """
     mixin_ids = tokenizer(mixin, add_special_tokens=False)["input_ids"]
     head_tail = truncate_middle(doc_ids, context_window, mixin_ids)
     samples = []
     for p in pairs:
-        view = head_tail if view_for is None else view_for(p.question)
-        shared = len(fmt.user_start) + (len(view) if view_for is None else 0)
-        prompt = build_prompt_ids(fmt, question_content(tokenizer, view, p.question, answer_prompt))
+        if lift_prompt is not None:
+            content = tokenizer(lift_prompt.format(question=p.question.strip()), add_special_tokens=False)["input_ids"]
+            shared = len(fmt.user_start)
+        else:
+            view = head_tail if view_for is None else view_for(p.question)
+            shared = len(fmt.user_start) + (len(view) if view_for is None else 0)
+            content = question_content(tokenizer, view, p.question, answer_prompt)
+        prompt = build_prompt_ids(fmt, content)
         target = [*tokenizer(p.answer.strip(), add_special_tokens=False)["input_ids"], *fmt.reply_end]
         samples.append(Sample(prompt + target, [IGNORE_INDEX] * len(prompt) + target, shared, "qa"))
     return samples
