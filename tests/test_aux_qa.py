@@ -209,6 +209,18 @@ def test_rules_name_the_subject_of_pronouns_and_table_rows():
     assert not [p for p in kept if p.question.split()[1:2] == ["she"] or " its " in p.question]
 
 
+def test_one_line_records_are_facts_and_numbered_labels_are_headings():
+    """A register of "key: value" lines, one per paragraph: each line is a record asked by its key."""
+    text = ("Ledger of Hollin Vale\n\nChief ferryman: Osk Pellam\n\nNote: The ferry does not run in fog.\n\n"
+            "Toll gate code: QX-7751\n\nBaker's favourite spice: mace\n\nChapter 2: The Ferry\n\nThe ferry crossed at dawn.")
+    _, kept, _ = _pairs(text)
+    asked = {p.answer: p.question for p in kept if p.question.endswith("?")}
+    for value in ("Osk Pellam", "QX-7751", "mace"):
+        assert value in asked and "?" in asked[value], (value, asked)
+    assert asked["mace"].startswith("What is the baker's favourite spice")
+    assert not [p for p in kept if "Chapter 2" in p.question and p.answer == "The Ferry"]  # a numbered heading
+
+
 def test_rules_fall_back_to_cloze():
     text = "In winter, when the winds blow for weeks, the people of Norrow Vale mend their nets since 1702."
     raw, kept, _ = _pairs(text)

@@ -200,9 +200,15 @@ def _parse_text(sentence: str) -> str:
 
 
 def _is_heading(sentence: str, paragraph: list[str]) -> bool:
-    """A title or section line: short, no sentence end, alone in its paragraph or not a "key: value" line."""
+    """A title or section line: short, no sentence end, and not a "key: value" record ("Head gardener:
+    Thaka Velwyn" is one even alone in its paragraph; "Chapter 3: The Flood", numbered, is a heading)."""
     short = _TERMINAL.search(sentence) is None and len(sentence.split()) <= 12
-    return short and (len(paragraph) == 1 or not _KEY_VALUE.match(_BULLET.sub("", sentence.strip())))
+    if not short:
+        return False
+    kv = _KEY_VALUE.match(_BULLET.sub("", sentence.strip()))
+    if kv is None:
+        return True
+    return len(paragraph) == 1 and any(ch.isdigit() for ch in kv.group("key"))
 
 
 class _Clause:
@@ -538,7 +544,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 10  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 11  # bump when the rules change, so cached pairs are regenerated
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
         self.max_pairs = max_pairs
