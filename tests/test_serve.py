@@ -327,6 +327,29 @@ def test_posted_document_is_absorbed_outside_replicas_then_listed_and_deleted(se
     _wait_until(lambda: all(k[0] != doc for k in handle.resident.remote().result()), 30)
 
 
+def test_a_corrupt_adapter_fails_its_document_only(server, store_dir, reference):
+    """A document whose adapter file was damaged after publishing answers 500 adapter_error in the
+    modes that need it; the base modes and every other document keep answering."""
+    import openai
+
+    from lift_ray.config import build_config
+    from lift_ray.infer import LiftEngine
+
+    root, ids, _ = store_dir
+    engine = LiftEngine.from_config(build_config(str(root / "lift.yaml")))
+    doc = engine.absorb("The lighthouse keeper of Corrow owns a grey goat called Brimble. " * 6,
+                        progress=False, alias="damaged").doc_id
+    weights = next((root / "store" / "docs" / doc / "adapters").glob("*/adapter_model.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-64] + b"\0" * 64)
+    client = _client(server)
+    _wait_until(lambda: doc in {m.id for m in client.models.list().data}, 30)
+    with pytest.raises(openai.InternalServerError) as err:
+        _ask(client, doc, mode="lift")
+    assert err.value.body["code"] == "adapter_error" and "corrupt" in err.value.body["message"]
+    assert _ask(client, doc, mode="icl").choices[0].message.content  # no adapter needed
+    assert _ask(client, ids[0], mode="lift").choices[0].message.content == reference(ids[0], "lift").answer
+
+
 def test_posted_document_errors(server):
     status, body, _ = _request("POST", f"{server}/v1/documents", {"text": "   "})
     assert status == 400 and body["error"]["param"] == "text"
@@ -456,8 +479,9 @@ def smol_server(server, recall_bulk_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 10, open: with the spaCy rule generator the bulk-absorbed SmolLM2 "
-                   "adapters miss their facts (3 + 5 recipe and stop rule alike); routing is covered by the tiny-model tests")
+@pytest.mark.xfail(strict=False, reason="issue 10, open: passed in this stop's two runs with the new generator, "
+                   "failed with the one before; non-strict until CI's machine confirms it (routing is covered by the "
+                   "tiny-model tests)")
 def test_smollm2_answers_each_document_from_its_own_adapter(smol_server):
     """Each fact lies outside its document's head+tail window, so only that document's adapter supplies it;
     asked of the other document, the answer lacks it. Then 8 concurrent requests over both documents."""
