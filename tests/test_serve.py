@@ -346,7 +346,8 @@ def test_a_corrupt_adapter_fails_its_document_only(server, store_dir, reference)
     with pytest.raises(openai.InternalServerError) as err:
         _ask(client, doc, mode="lift")
     assert err.value.body["code"] == "adapter_error" and "corrupt" in err.value.body["message"]
-    assert _ask(client, doc, mode="icl").choices[0].message.content  # no adapter needed
+    icl = _ask(client, doc, mode="icl").choices[0]  # no adapter needed: answered as the local engine does
+    assert icl.finish_reason in ("stop", "length") and icl.message.content == reference(doc, "icl").answer
     assert _ask(client, ids[0], mode="lift").choices[0].message.content == reference(ids[0], "lift").answer
 
 
