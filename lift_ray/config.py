@@ -100,8 +100,8 @@ class AuxQAConfig(_Base):
     )
     max_pairs: int = Field(64, ge=1, description="At most this many verified QA pairs per document, spread over it.")
     max_pairs_per_sentence: int = Field(
-        2, ge=1, description="Rule generator: pairs per sentence for its other noun phrases (the AT density); "
-        "names, numbers, dates and codes get questions_per_fact each on top.",
+        2, ge=1, description="Rule generator: pairs per sentence (the AT density); its names, numbers, dates and "
+        "codes get questions_per_fact each even past it.",
     )
     questions_per_fact: int = Field(
         2, ge=1, description="Rule generator: questions asked about each name, number, date and code, each from "

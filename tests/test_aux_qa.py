@@ -437,6 +437,14 @@ def test_aux_qa_config():
 # --- samples -----------------------------------------------------------------------------------------
 
 
+def _expected_qa_sample(tok, pair, mode, view):
+    """(prompt, target) of a QA sample as answering in ``mode`` over ``view`` builds them."""
+    fmt, inf = chat_format(tok), InferenceConfig()
+    prompt = build_question_prompt(fmt=fmt, tokenizer=tok, question=pair.question, mode=mode, view=view,
+                                   answer_prompt=inf.answer_prompt, lift_prompt=inf.lift_prompt)
+    return prompt, tok(pair.answer, add_special_tokens=False)["input_ids"] + list(fmt.reply_end)
+
+
 def test_qa_samples_match_the_icl_prompt_and_pack_exactly(tiny_loaded):
     tok = tiny_loaded.tokenizer
     fmt = chat_format(tok)
@@ -447,12 +455,7 @@ def test_qa_samples_match_the_icl_prompt_and_pack_exactly(tiny_loaded):
     samples = qa_samples(pairs, fmt=fmt, tokenizer=tok, doc_ids=doc_ids, context_window=window, answer_prompt=inf.answer_prompt, mixin=seg.mixin)
     view = truncate_middle(doc_ids, window, tok(seg.mixin, add_special_tokens=False)["input_ids"])
     for pair, s in zip(pairs, samples):
-        prompt = build_question_prompt(
-            fmt=fmt, tokenizer=tok, question=pair.question, mode="icl",
-            view=truncate_middle(doc_ids, window, tok(seg.mixin, add_special_tokens=False)["input_ids"]),
-            answer_prompt=inf.answer_prompt, lift_prompt=inf.lift_prompt,
-        )
-        target = tok(pair.answer, add_special_tokens=False)["input_ids"] + list(fmt.reply_end)
+        prompt, target = _expected_qa_sample(tok, pair, "icl", view)
         assert s.kind == "qa"
         assert s.input_ids == prompt + target
         assert s.labels == [IGNORE_INDEX] * len(prompt) + target
@@ -490,9 +493,7 @@ def test_qa_samples_in_the_retrieved_view_match_the_rag_prompt_and_pack_exactly(
     views = [view_for(p.question) for p in pairs]
     assert len({tuple(v) for v in views}) > 1, "the questions retrieve different chunks"
     for pair, view, s in zip(pairs, views, samples):
-        prompt = build_question_prompt(fmt=fmt, tokenizer=tok, question=pair.question, mode="rag", view=view,
-                                       answer_prompt=inf.answer_prompt, lift_prompt=inf.lift_prompt)
-        target = tok(pair.answer, add_special_tokens=False)["input_ids"] + list(fmt.reply_end)
+        prompt, target = _expected_qa_sample(tok, pair, "rag", view)
         assert s.input_ids == prompt + target and s.labels == [IGNORE_INDEX] * len(prompt) + target
         assert s.prefix_len == len(fmt.user_start)  # only the chat header is shared
     with torch.no_grad():
@@ -511,7 +512,5 @@ def test_qa_samples_without_the_document_match_the_lift_prompt(tiny_loaded):
     samples = qa_samples(pairs, fmt=fmt, tokenizer=tok, doc_ids=doc_ids, context_window=48,
                          answer_prompt=inf.answer_prompt, mixin=seg.mixin, lift_prompt=inf.lift_prompt)
     for pair, s in zip(pairs, samples):
-        prompt = build_question_prompt(fmt=fmt, tokenizer=tok, question=pair.question, mode="lift", view=None,
-                                       answer_prompt=inf.answer_prompt, lift_prompt=inf.lift_prompt)
-        target = tok(pair.answer, add_special_tokens=False)["input_ids"] + list(fmt.reply_end)
+        prompt, target = _expected_qa_sample(tok, pair, "lift", None)
         assert s.input_ids == prompt + target and s.prefix_len == len(fmt.user_start)

@@ -505,7 +505,7 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
             elif clause.verb.lemma_ == "be" and noun.i == part.i and not clause.auxes and (subj_text := clause.subject_text()):
                 # "The watchman is a man named Osric Fell": the name is what the subject is called
                 out.append((_question(f"What {clause.verb.text.lower()} the name of {subj_text}"), fact.text, "name"))
-        if clause.verb.lemma_ == "be" and any(_named(f) is not None and _named(f).i == fact.root.i for f in facts):
+        if clause.verb.lemma_ == "be" and any((named := _named(f)) is not None and named.i == fact.root.i for f in facts):
             continue  # "What is the watchman?" → "man" would be taught where the name is the answer
         wh, prep = _wh(fact, part, label)
         if part.dep_ == "agent" and label not in _PLACES and any(t.pos_ == "PROPN" for t in fact):
@@ -538,8 +538,8 @@ class RuleQAGenerator:
 
     Args:
         max_pairs: at most this many pairs per document (spread over it by :func:`generate_pairs`).
-        max_pairs_per_sentence: pairs from one sentence beyond those of its names and numbers (the
-            auxiliary-task density).
+        max_pairs_per_sentence: pairs from one sentence (the auxiliary-task density), counting those
+            of its names and numbers, which get theirs even past it.
         questions_per_fact: questions about each name, number, date and code, from different directions.
     """
 
