@@ -137,7 +137,8 @@ def main() -> None:
                 absorb_s = time.perf_counter() - start
                 full_window = doc["num_tokens"] + 16
                 row = {"doc": doc["id"], "style": doc["style"], "qa": qa, "seed": seed, "absorb_s": round(absorb_s, 1),
-                       "qa_pairs": len(absorbed.qa_pairs), "hits": defaultdict(lambda: defaultdict(int)),
+                       "qa_pairs": len(absorbed.qa_pairs), "epochs": absorbed.training.epochs,
+                       "computed_tokens": absorbed.training.computed_tokens, "hits": defaultdict(lambda: defaultdict(int)),
                        "totals": defaultdict(int), "answers": []}
                 for i, q in enumerate(doc["qa_pairs"]):
                     b = bucket(q)
@@ -157,7 +158,7 @@ def main() -> None:
                         row["answers"].append({"q": q["Q"], "bucket": b, "mode": mode, "ok": ok, "answer": answer, "ref": q["A"]})
                 engine.detach()
                 results.append(row)
-                print(json.dumps({k: row[k] for k in ("doc", "qa", "seed", "absorb_s", "qa_pairs")}
+                print(json.dumps({k: row[k] for k in ("doc", "qa", "seed", "absorb_s", "qa_pairs", "epochs", "computed_tokens")}
                                  | {m: dict(row["hits"][m]) for m in (*modes, FULL)}), file=sys.stderr, flush=True)
                 if args.out:
                     args.out.write_text(json.dumps(results, indent=1, default=dict))
