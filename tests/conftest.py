@@ -128,7 +128,7 @@ def tiny_config(tiny_model_dir, tmp_path):
     cfg = build_config(
         None,
         {
-            "model": {"name_or_path": str(tiny_model_dir), "device": "cpu"},
+            "model": {"name_or_path": str(tiny_model_dir), "device": "cpu", "dtype": "float32"},
             "segments": {"context_window": 48, "segment_length": 32},
             "train": {"epochs": 2, "learning_rate": 1e-2},
             "inference": {"max_new_tokens": 8, "question_reserve": 64},

@@ -27,7 +27,7 @@ def test_two_stage_schedule_with_rule_qa(tiny_loaded, tiny_config):
     assert manifest.num_qa_pairs == len(result.qa_pairs)
     log = manifest.training.epoch_log
     assert [(r.epoch, r.stage) for r in log] == [(1, "segments"), (2, "segments+QA"), (3, "segments+QA")]
-    assert log[1].samples == log[0].samples + manifest.num_qa_pairs  # stage 2 = segments + QA
+    assert log[1].samples == log[0].samples + len(cfg.aux_qa.views) * manifest.num_qa_pairs  # stage 2 = segments + QA
     assert manifest.training.epochs == 3 and len(manifest.training.epoch_losses) == 3
     assert manifest.training.stop_reason == "max_epochs" and all(r.check is None for r in log)
     assert manifest.config["aux_qa"]["generator"] == "rules"
@@ -35,7 +35,8 @@ def test_two_stage_schedule_with_rule_qa(tiny_loaded, tiny_config):
 
 def test_qa_pairs_trained_in_every_view(tiny_loaded, tiny_config):
     """aux_qa.views [head_tail, retrieved, none]: every pair is a sample three times; the setting is a new variant."""
-    base = _cfg(tiny_config, aux_qa={"generator": "rules", "stage1_epochs": 0, "stage2_epochs": 1}, train={"early_stop": False})
+    base = _cfg(tiny_config, aux_qa={"generator": "rules", "stage1_epochs": 0, "stage2_epochs": 1, "views": ["head_tail"]},
+                train={"early_stop": False})
     both = _cfg(tiny_config, aux_qa={"generator": "rules", "stage1_epochs": 0, "stage2_epochs": 1, "views": ["head_tail", "retrieved", "none"]},
                 train={"early_stop": False})
     store = AdapterStore(base.store.uri)
@@ -58,7 +59,7 @@ def test_the_manifest_records_every_check_and_why_training_stopped(tiny_loaded, 
     assert training.epoch_log[0].check is None  # before min_epochs
     checks = [r.check for r in training.epoch_log[1:]]
     assert [c.epoch for c in checks] == list(range(2, training.epochs + 1))
-    assert all(c.pairs == len(result.qa_pairs) and 0 <= c.answer_accuracy <= 1 and c.loss > 0 for c in checks)
+    assert all(c.pairs == len(result.qa_pairs) * len(cfg.aux_qa.views) and 0 <= c.answer_accuracy <= 1 and c.loss > 0 for c in checks)
     # The random tiny model cannot make its answers certain (see test_train's fitting_model): no stop.
     assert training.stop_reason == "max_epochs" and training.epochs == 4
 

@@ -45,13 +45,12 @@ def test_profiles_fill_only_what_is_unset():
     assert small.profile == "small"
     assert small.train.epochs == 2  # the user's value wins
     assert small.train.learning_rate == PROFILES["small"]["train"]["learning_rate"]["lora"]
-    # the last recipe measured at the recall bar: 3 + 5 epochs, 4 samples per step, no stop rule
-    assert small.aux_qa.generator == "rules" and small.aux_qa.stage1_epochs == 3 and small.aux_qa.stage2_epochs == 5
-    assert small.train.early_stop is False and small.train.step_tokens == 0
-    # asked for, a step holds as many reply tokens as samples_per_step segments (+ end-of-turn slack)
-    budgeted = resolve_config(build_config(None, {"train": {"step_tokens": None}}), num_params=135_000_000,
-                              max_positions=8192, on_cuda=False)
-    assert budgeted.train.step_tokens == 0  # the profile's 0 fills an unset field
+    # the development set's choice: QA from the first epoch in two views, the stop rule, token-budget steps
+    assert small.aux_qa.generator == "rules" and small.aux_qa.stage1_epochs == 0 and small.aux_qa.stage2_epochs == 8
+    assert small.aux_qa.views == ["head_tail", "none"]
+    assert small.train.early_stop is True and small.train.stop_accuracy == 0.95 and small.train.min_epochs == 3
+    # a step holds as many reply tokens as samples_per_step segments (+ end-of-turn slack)
+    assert small.train.step_tokens == small.train.samples_per_step * (small.segments.segment_length + 8)
     large_budget = resolve_config(LiftConfig(), num_params=8_000_000_000, max_positions=8192, on_cuda=True)
     assert large_budget.train.step_tokens == large_budget.train.samples_per_step * (large_budget.segments.segment_length + 8)
     assert resolve_config(build_config(None, {"train": {"step_tokens": 0}}), num_params=135_000_000, max_positions=8192,
@@ -61,10 +60,10 @@ def test_profiles_fill_only_what_is_unset():
     assert large.profile == "large"
     assert large.train.learning_rate == 2e-4 and large.train.betas == (0.9, 0.98) and large.train.max_grad_norm == 1.0
     assert large.model.load_in_4bit is True and large.model.dtype == "bfloat16"
-    assert large.aux_qa.generator == "llm"
+    assert large.aux_qa.generator == "llm" and large.aux_qa.views == ["head_tail"]
     small_gm = resolve_config(build_config(None, {"adapter": {"kind": "gated_memory"}}), num_params=135_000_000,
                               max_positions=8192, on_cuda=False)
-    assert (small_gm.aux_qa.stage1_epochs, small_gm.aux_qa.stage2_epochs, small_gm.train.early_stop) == (3, 5, False)
+    assert (small_gm.aux_qa.stage1_epochs, small_gm.aux_qa.stage2_epochs, small_gm.train.early_stop) == (0, 8, True)
     gm = resolve_config(build_config(None, {"adapter": {"kind": "gated_memory"}}), num_params=8e9, max_positions=8192, on_cuda=True)
     assert gm.train.learning_rate == 1e-3 and gm.adapter.kind == "gated_memory"
     assert large.segments.segment_length == 2048
