@@ -12,9 +12,11 @@ order alternating from document to document, so a busy machine slows both alike.
     python benchmarks/time_to_knowledge.py --data benchmarks/data/devset.jsonl --docs 4 --k 2
     python benchmarks/time_to_knowledge.py --variant 'bf16={"train": {"autocast": "bfloat16"}}'
 
-Variants: ``previous`` is the schedule before the stop rule (3 epochs on segments, then 5 on
-segments + QA pairs, every epoch run, fp32, 4 samples per step whatever their length), ``default`` is what the profile
-picks now; ``--variant NAME=JSON`` adds config overrides to compare (``--variants`` picks which run).
+Variants: ``previous`` is the small profile before the stop rule (3 epochs on segments, then 5 on
+segments + QA pairs in the head…tail view, every epoch run, fp32, 4 samples per step whatever their
+length), ``default`` is what the profile picks now; ``--variant NAME=JSON`` adds config overrides to
+compare (``--variants`` picks which run). A variant whose ``model.dtype`` differs from the loaded
+model's gets the resident model cast to it (exact for the embedded model, whose weights ship in bf16).
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ sys.path.insert(0, str(REPO))
 
 from lift_ray.config import build_config, deep_merge, resolve_config  # noqa: E402
 from lift_ray.demo import is_correct, sample_document, sample_questions  # noqa: E402
-from lift_ray.infer import LiftEngine, build_question_prompt  # noqa: E402
+from lift_ray.infer import LiftEngine, Question  # noqa: E402
 from lift_ray.store import AdapterStore  # noqa: E402
 
 MODE = "lift+icl"
+PROMPT_MODE = "icl"  # the same prompt as lift+icl, preparable before the adapter is in the store
 # The small profile before the stop rule (README "Choosing the defaults"): every epoch runs.
 PREVIOUS = {
-    "aux_qa": {"stage1_epochs": 3, "stage2_epochs": 5},
+    "model": {"dtype": "float32"},
+    "aux_qa": {"stage1_epochs": 3, "stage2_epochs": 5, "views": ["head_tail"]},
     "train": {"early_stop": False, "samples_per_step": 4, "step_tokens": 0, "learning_rate": 1e-3, "lr_schedule": "constant", "autocast": "none"},
 }
 VARIANTS = {"previous": PREVIOUS, "default": {}}
@@ -76,18 +80,16 @@ def correct(q: dict, answer: str) -> bool:
 
 
 def answer_now(engine: LiftEngine, text: str, question: str) -> str:
-    """Greedy LIFT+ICL answer with whatever adapter is attached to the base model right now
-    (the engine's own prompt and generation settings; the store has no adapter yet)."""
-    tok = engine.loaded.tokenizer
-    cfg = engine.config
-    prompt = build_question_prompt(
-        fmt=engine.fmt, tokenizer=tok, question=question, mode=MODE,
-        doc_ids=tok(text, add_special_tokens=False)["input_ids"], context_window=cfg.segments.context_window,
-        answer_prompt=cfg.inference.answer_prompt, lift_prompt=cfg.inference.lift_prompt, mixin=cfg.segments.mixin,
-    )
+    """Greedy LIFT+ICL answer with whatever adapter is attached to the base model right now.
+
+    The store has no adapter yet, so the prompt is prepared as ``icl`` (LIFT+ICL reads the same
+    head…tail prompt) and generated with the engine's own settings by the model being trained.
+    """
+    prepared = engine.prepare(Question(question=question, doc=text, mode=PROMPT_MODE))
     with torch.inference_mode():
-        out = engine.loaded.model.generate(**engine._generate_kwargs(prompt, None))
-    return tok.decode(out[0, len(prompt):], skip_special_tokens=True).strip()
+        out = engine.loaded.model.generate(**engine._generate_kwargs([prepared]))
+    ids, _ = engine._finish(out[0, len(prepared.prompt):].tolist(), prepared.max_new_tokens)
+    return engine.loaded.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
 def run_one(engine: LiftEngine, base_cfg, overrides: dict, doc: dict, k: int) -> dict:
@@ -98,6 +100,9 @@ def run_one(engine: LiftEngine, base_cfg, overrides: dict, doc: dict, k: int) ->
     )
     engine.config = cfg
     engine.store = AdapterStore(tempfile.mkdtemp(prefix="lift-ray-ttk-"))
+    dtype = getattr(torch, cfg.model.dtype or "float32")
+    if engine.loaded.model.dtype != dtype:
+        engine.loaded.model.to(dtype)
     beyond = [q for q in doc["questions"] if q["where"] == "beyond"]
     inside = [q for q in doc["questions"] if q["where"] == "inside"]
     curve: list[dict] = []
@@ -122,6 +127,7 @@ def run_one(engine: LiftEngine, base_cfg, overrides: dict, doc: dict, k: int) ->
     return {
         "absorb_s": round(absorb_s, 1),
         "epochs": result.training.epochs,
+        "computed_tokens": result.training.computed_tokens,
         "stop_reason": result.training.stop_reason,
         "time_to_k_s": reached,
         "final_beyond": curve[-1]["beyond"],
