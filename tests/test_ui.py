@@ -63,8 +63,10 @@ def _tiny_engine(model_dir: Path, store: Path, qa: str = "rules"):
     cfg = build_config(None, {
         "model": {"name_or_path": str(model_dir), "device": "cpu"},
         "segments": {"context_window": 48, "segment_length": 32},
-        "train": {"learning_rate": 1e-2, "epochs": 1},
-        "aux_qa": {"generator": qa, "stage1_epochs": 1, "stage2_epochs": 1},
+        # A fixed schedule (the profile's stop rule and views would change the tiny adapter's answers,
+        # and the streaming test needs answers longer than one token).
+        "train": {"learning_rate": 1e-2, "epochs": 1, "early_stop": False, "step_tokens": 0},
+        "aux_qa": {"generator": qa, "stage1_epochs": 1, "stage2_epochs": 1, "views": ["head_tail"]},
         "inference": {"max_new_tokens": 8, "question_reserve": 64},
         "store": {"uri": str(store)},
     })
