@@ -147,8 +147,8 @@ class TrainConfig(_Base):
     )
     early_stop: bool | None = Field(
         None,
-        description="Stop when the document is known: after each epoch from min_epochs on, one teacher-forced "
-        "forward over the auxiliary QA pairs (no generation) checks which answers greedy decoding would "
+        description="Stop when the document is known: after each epoch from min_epochs on, teacher-forced "
+        "forwards over the auxiliary QA pairs (packed rows, no generation) check which answers greedy decoding would "
         "reproduce; training ends once that share reaches stop_accuracy. None: the profile's value.",
     )
     stop_accuracy: float | None = Field(

@@ -233,8 +233,8 @@ def pack_groups(groups: list[list[Sample]]) -> PackedBatch:
 
     Each group is a tree (its prefix once, one branch per sample) that sees nothing of the other
     groups, and its positions start at 0, so one forward gives every target the logits it would
-    have alone. Used for a training step (one group) and for the knowledge check (all the
-    document's pairs in one forward).
+    have alone. Used for a training step (one group) and for the knowledge check (rows of the
+    document's pairs, many groups each).
     """
     ids: list[int] = []
     labels: list[int] = []

@@ -45,7 +45,7 @@ class StoreError(ValueError):
 
 
 class KnowledgeCheck(BaseModel):
-    """How well the adapter knows its auxiliary QA pairs, measured teacher-forced in one forward."""
+    """How well the adapter knows its auxiliary QA pairs, measured teacher-forced (packed forwards, no generation)."""
 
     epoch: int = Field(description="Epochs trained when the check ran.")
     answer_accuracy: float = Field(

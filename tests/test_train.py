@@ -157,9 +157,36 @@ def test_stop_rule_spans_stages_and_skips_what_is_left(tiny_loaded, tiny_config,
     assert metrics.stop_reason == "known" and metrics.epochs < metrics.max_epochs == 41
 
 
+def test_knowledge_check_rows_bound_the_forward_and_give_the_same_answer(tiny_loaded, tiny_config, fitting_model):
+    """Rows of a few dozen tokens: several forwards, none longer than the row budget (plus one group that
+    cannot be split), and the same hits, loss and known count as one row holding everything."""
+    qa = _qa(tiny_loaded, PAIRS)
+    torch.manual_seed(0)
+    handle = attach_adapter(fitting_model, LoraAdapterConfig(r=8, alpha=16, target_modules="all-linear"))
+    try:
+        train_schedule(handle, [Stage("QA", qa, 3)], _stop_cfg(tiny_config, early_stop=False), progress=False)
+        module = handle.module
+        whole = knowledge_check(module, qa, row_tokens=10**6)
+        lengths = []
+        base = module.get_base_model() if hasattr(module, "get_base_model") else module
+        original = base.forward
+        base.forward = lambda *a, **k: (lengths.append(k["input_ids"].shape[1]), original(*a, **k))[1]
+        try:
+            rows = knowledge_check(module, qa, row_tokens=40)
+        finally:
+            del base.forward
+        longest_sample = max(len(s.input_ids) for s in qa)
+        assert len(lengths) > 1 and max(lengths) <= max(40, longest_sample), lengths
+        assert (rows.answer_accuracy, rows.token_accuracy, rows.pairs, rows.tokens) == (
+            whole.answer_accuracy, whole.token_accuracy, whole.pairs, whole.tokens)
+        assert rows.loss == pytest.approx(whole.loss, rel=1e-4)
+    finally:
+        handle.detach()
+
+
 def test_knowledge_check_is_one_forward_and_agrees_with_greedy_decoding(tiny_loaded, tiny_config, fitting_model):
-    """The check never generates: one batched forward over every pair; what it calls known is what
-    greedy decoding answers exactly."""
+    """The check never generates: packed forwards over every pair (one row here); what it calls known
+    is what greedy decoding answers exactly."""
     qa = _qa(tiny_loaded, PAIRS)
     torch.manual_seed(0)
     handle = attach_adapter(fitting_model, LoraAdapterConfig(r=8, alpha=16, target_modules="all-linear"))
