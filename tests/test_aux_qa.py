@@ -189,6 +189,17 @@ def test_rules_ask_the_agent_of_a_passive_clause_who_did_it():
     assert {"Who painted the bridge in 1911?", "Who was the bridge painted in 1911 by?"} <= asked, asked  # as users ask it
 
 
+def test_rules_ask_the_owner_and_the_main_verbs_prepositional_object():
+    # A needle of the NIAH kind: a possessor in the subject and the fact in a prepositional phrase. The
+    # generator used to ask "Who is seasoned with ...?" (the owner is not what is seasoned), which then
+    # failed verification ("Marlowe" vs "Marlowe's"), and its name took the sentence's whole budget.
+    text = "The essays wander a little. Ludo's stew is thickened with chestnut flour. The stew is served late."
+    pairs = {p.question: p.answer for p in verify_pairs(RuleQAGenerator().generate(text), text, split_sentences(text))[0]}
+    assert pairs.get("Whose stew is thickened with chestnut flour?") == "Ludo", pairs
+    assert pairs.get("What is Ludo's stew thickened with?") == "chestnut flour", pairs
+    assert not any(q.startswith("Who is thickened") for q in pairs), pairs
+
+
 def test_rules_name_the_subject_of_pronouns_and_table_rows():
     text = (
         "The Orchard Society was established in 1923 by three sisters from Kelby. Its president is a retired "

@@ -390,14 +390,16 @@ def test_cli_bad_niah_input_fails_before_training(capsys, tmp_path, tiny_model_d
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 10, open: with the spaCy rule generator (and with the 3 + 5 "
-                   "recipe as with the stop rule) lift+icl did not recall the needle outside the window")
 def test_real_grid_lift_icl_recalls_a_needle_the_window_cannot_show(tmp_path_factory):
-    """2x2 grid on SmolLM2 with Paul Graham's essays, W = 64: depth 50 is beyond the window, 100 inside it.
+    """A 1x2 grid on SmolLM2 with Paul Graham's essays, W = 64, 160 tokens: depth 50 is beyond the
+    window, depth 100 inside it. The default needle, asked in every mode.
 
-    The default needle, whose auxiliary QA pair the rule generator writes about the spice itself.
+    The generator once wrote no pair for this needle ("Who is seasoned with cardamom?" → "Marlowe",
+    which then failed verification), and lift+icl answered "dried thyme": the adapter can only
+    recall what its QA pairs ask.
     """
     from lift_ray.config import build_config
+    from lift_ray.modes import MODES
     from lift_ray.niah import DEFAULT_ANSWER, DEFAULT_NEEDLE, DEFAULT_QUESTION
     from PIL import Image
 
@@ -409,16 +411,18 @@ def test_real_grid_lift_icl_recalls_a_needle_the_window_cannot_show(tmp_path_fac
         "store": {"uri": str(out / "store")},
     }
     engine = LiftEngine.from_config(build_config(None, overrides))
-    settings = NiahSettings([Needle(DEFAULT_NEEDLE, DEFAULT_ANSWER)], DEFAULT_QUESTION)
-    summary = run_grid(engine, load_haystack(), [128, 160], [50, 100], settings, out / "grid", progress=False)
+    settings = NiahSettings([Needle(DEFAULT_NEEDLE, DEFAULT_ANSWER)], DEFAULT_QUESTION, modes=MODES)
+    summary = run_grid(engine, load_haystack(), [160], [50, 100], settings, out / "grid", progress=False)
     cells = {(c["length"], c["depth"]): c for c in summary["cells"]}
-    assert set(cells) == {(128, 50), (128, 100), (160, 50), (160, 100)}
+    assert set(cells) == {(160, 50), (160, 100)}
     report = {k: {m: a["answer"] for m, a in c["answers"].items()} for k, c in cells.items()}
     print("real grid:", json.dumps(summary["summary"]), report)
-    beyond = [c for c in cells.values() if c["needles"][0]["window"] == "outside"]
-    assert {(c["length"], c["depth"]) for c in beyond} == {(128, 50), (160, 50)}
-    assert all(c["answers"]["icl"]["keyword"] == 0 for c in beyond), report  # ICL cannot see it
-    assert any(c["answers"]["lift+icl"]["keyword"] == 1 for c in beyond), report  # the adapter recalls it
+    beyond, inside = cells[(160, 50)], cells[(160, 100)]
+    assert beyond["needles"][0]["window"] == "outside" and inside["needles"][0]["window"] == "inside"
+    assert beyond["answers"]["icl"]["keyword"] == 0, report  # ICL cannot see it
+    assert inside["answers"]["icl"]["keyword"] == 1, report  # ... and reads it where it can
+    assert beyond["answers"]["lift+icl"]["keyword"] == 1, report  # the adapter recalls it
+    assert beyond["answers"]["lift+rag"]["keyword"] == 1, report
     with Image.open(out / "grid" / "heatmap.png") as img:
         img.verify()
         assert img.format == "PNG"

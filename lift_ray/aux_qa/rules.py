@@ -425,7 +425,8 @@ def _answer(fact, part, wh: str) -> str:
 
 
 # Links from a fact up to the word it names or counts: "an engineer named X", "X, a ferry", "twelve furnaces".
-_NAMING_LINKS = {"appos", "acl", "oprd", "compound", "nummod", "amod", "nmod", "quantmod", "poss", "attr", "npadvmod"}
+# A possessor ("Marlowe's soup") owns the noun rather than naming it: it gets a "Whose ...?" question instead.
+_NAMING_LINKS = {"appos", "acl", "oprd", "compound", "nummod", "amod", "nmod", "quantmod", "attr", "npadvmod"}
 
 
 def _core(part):
@@ -486,8 +487,16 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
     for fact in facts:
         label = _label(fact)
         if subj is not None and subj.left_edge.i <= fact.start and fact.end - 1 <= subj.right_edge.i:
-            # subject side: the fact must be (or name) the subject's head, and the subject no pronoun
-            if not _reaches(fact, subj) or subj.pos_ == "PRON" or any(t.pos_ == "PRON" for t in fact):
+            if subj.pos_ == "PRON" or any(t.pos_ == "PRON" for t in fact):
+                continue
+            if fact.root.dep_ == "poss" and fact.root.head.i == subj.i:
+                # "Marlowe's soup is seasoned with ..." → "Whose soup is seasoned with ...?" → Marlowe
+                owned = _text([t for t in subj.subtree if t.i > fact.root.right_edge.i])
+                if owned:
+                    out.append((_question(f"Whose {owned} {clause.declarative_tail()}"), fact.text, "owner"))
+                continue
+            # subject side: the fact must be (or name) the subject's head
+            if not _reaches(fact, subj):
                 continue
             wh = "Who" if label in _PERSONAL else "What"
             if (counted := _counted(fact)) is not None and counted.ent_type_ not in _TEMPORAL:
@@ -544,7 +553,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 11  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 12  # bump when the rules change, so cached pairs are regenerated
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
         self.max_pairs = max_pairs
@@ -637,7 +646,11 @@ class RuleQAGenerator:
                 candidates.append((q, fact.text, "cloze"))
         # names, numbers, dates, codes, and what the sentence's main verb states ("… is cardamom")
         strong |= {f.text for f in facts_all if _salient(f) or (f.root.head == f.root.sent.root and f.root.dep_ in ("attr", "acomp", "dobj", "oprd"))}
-        return self._select(candidates, sentence, index, strong) + ([reverse] if reverse else [])
+        # what the main verb says of its subject: the subject's head, its complements, the object of a
+        # preposition on it ("… is seasoned with cardamom")
+        stated = [f.text for f in facts_all if f.root.dep_ == "pobj" and f.root.head.dep_ == "prep" and f.root.head.head == f.root.sent.root]
+        main = set(stated) | {f.text for f in facts_all if f.root.head == f.root.sent.root and f.root.dep_ in _SUBJECTS | {"attr", "acomp", "dobj", "oprd"}}
+        return self._select(candidates, sentence, index, strong, stated, main) + ([reverse] if reverse else [])
 
     def heading_pairs(self, sentence: str, doc, index: int) -> list[QAPair]:
         """A title or section name states facts too ("... Model TR-44"): a cloze for each name, number or code."""
@@ -645,9 +658,12 @@ class RuleQAGenerator:
         candidates = [(q, f.text, "cloze") for f in facts if (q := cloze(sentence, f.text, "a heading")) is not None]
         return self._select(candidates, sentence, index, {f.text for f in facts})
 
-    def _select(self, candidates: list[tuple[str, str, str]], sentence: str, index: int, strong: set[str]) -> list[QAPair]:
+    def _select(self, candidates: list[tuple[str, str, str]], sentence: str, index: int, strong: set[str],
+                stated: list[str] = (), main: set[str] = frozenset()) -> list[QAPair]:
         """Keep well-formed pairs, interleaving answers so every fact gets one before any gets a second;
-        names, numbers, dates and codes (``strong``) come before plain noun phrases."""
+        names, numbers, dates and codes (``strong``) come before plain noun phrases. When no pair asks
+        for a ``main`` answer (only modifiers were asked: "Whose soup ...?"), the first ``stated``
+        answer gets one question past the density budget."""
         by_answer: dict[str, list[tuple[str, str, str]]] = {}
         for q, a, how in candidates:
             a = a.strip().rstrip(".,;:")
@@ -681,6 +697,12 @@ class RuleQAGenerator:
             for a in order:
                 if len(out) < self.max_pairs_per_sentence:
                     take(a)
+        clean = lambda a: a.strip().rstrip(".,;:")  # noqa: E731
+        if not any(p.answer in {clean(m) for m in main} for p in out):
+            for a in map(clean, stated):  # the sentence's point, never asked otherwise ("… with cardamom")
+                if a in queues and queues[a]:
+                    take(a)
+                    break
         return out
 
 
