@@ -157,73 +157,71 @@ def test_stop_rule_spans_stages_and_skips_what_is_left(tiny_loaded, tiny_config,
     assert metrics.stop_reason == "known" and metrics.epochs < metrics.max_epochs == 41
 
 
-def test_knowledge_check_rows_bound_the_forward_and_give_the_same_answer(tiny_loaded, tiny_config, fitting_model):
+@pytest.fixture
+def partly_trained(tiny_loaded, tiny_config, fitting_model):
+    """(module, QA samples): a LoRA trained 3 epochs on PAIRS, so some pairs are known and some are not."""
+    qa = _qa(tiny_loaded, PAIRS)
+    torch.manual_seed(0)
+    handle = attach_adapter(fitting_model, LoraAdapterConfig(r=8, alpha=16, target_modules="all-linear"))
+    try:
+        train_schedule(handle, [Stage("QA", qa, 3)], _stop_cfg(tiny_config, early_stop=False), progress=False)
+        yield handle.module, qa
+    finally:
+        handle.detach()
+
+
+def test_knowledge_check_rows_bound_the_forward_and_give_the_same_answer(partly_trained):
     """Rows of a few dozen tokens: several forwards, none longer than the row budget (plus one group that
     cannot be split), and the same hits, loss and known count as one row holding everything."""
-    qa = _qa(tiny_loaded, PAIRS)
-    torch.manual_seed(0)
-    handle = attach_adapter(fitting_model, LoraAdapterConfig(r=8, alpha=16, target_modules="all-linear"))
+    module, qa = partly_trained
+    whole = knowledge_check(module, qa, row_tokens=10**6)
+    lengths = []
+    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    original = base.forward
+    base.forward = lambda *a, **k: (lengths.append(k["input_ids"].shape[1]), original(*a, **k))[1]
     try:
-        train_schedule(handle, [Stage("QA", qa, 3)], _stop_cfg(tiny_config, early_stop=False), progress=False)
-        module = handle.module
-        whole = knowledge_check(module, qa, row_tokens=10**6)
-        lengths = []
-        base = module.get_base_model() if hasattr(module, "get_base_model") else module
-        original = base.forward
-        base.forward = lambda *a, **k: (lengths.append(k["input_ids"].shape[1]), original(*a, **k))[1]
-        try:
-            rows = knowledge_check(module, qa, row_tokens=40)
-        finally:
-            del base.forward
-        longest_sample = max(len(s.input_ids) for s in qa)
-        assert len(lengths) > 1 and max(lengths) <= max(40, longest_sample), lengths
-        assert (rows.answer_accuracy, rows.token_accuracy, rows.pairs, rows.tokens) == (
-            whole.answer_accuracy, whole.token_accuracy, whole.pairs, whole.tokens)
-        assert rows.loss == pytest.approx(whole.loss, rel=1e-4)
+        rows = knowledge_check(module, qa, row_tokens=40)
     finally:
-        handle.detach()
+        del base.forward
+    longest_sample = max(len(s.input_ids) for s in qa)
+    assert len(lengths) > 1 and max(lengths) <= max(40, longest_sample), lengths
+    assert (rows.answer_accuracy, rows.token_accuracy, rows.pairs, rows.tokens) == (
+        whole.answer_accuracy, whole.token_accuracy, whole.pairs, whole.tokens)
+    assert rows.loss == pytest.approx(whole.loss, rel=1e-4)
 
 
-def test_knowledge_check_is_one_forward_and_agrees_with_greedy_decoding(tiny_loaded, tiny_config, fitting_model):
+def test_knowledge_check_is_one_forward_and_agrees_with_greedy_decoding(partly_trained):
     """The check never generates: packed forwards over every pair (one row here); what it calls known
     is what greedy decoding answers exactly."""
-    qa = _qa(tiny_loaded, PAIRS)
-    torch.manual_seed(0)
-    handle = attach_adapter(fitting_model, LoraAdapterConfig(r=8, alpha=16, target_modules="all-linear"))
+    module, qa = partly_trained
+    calls = {"forward": 0}
+    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    original = base.forward
+
+    def counting_forward(*args, **kwargs):
+        calls["forward"] += 1
+        return original(*args, **kwargs)
+
+    base.forward = counting_forward
+    module.generate = lambda *a, **k: pytest.fail("the knowledge check generated")
     try:
-        # Train a little so that some pairs are known and some are not.
-        train_schedule(handle, [Stage("QA", qa, 3)], _stop_cfg(tiny_config, early_stop=False), progress=False)
-        module = handle.module
-        calls = {"forward": 0}
-        base = module.get_base_model() if hasattr(module, "get_base_model") else module
-        original = base.forward
-
-        def counting_forward(*args, **kwargs):
-            calls["forward"] += 1
-            return original(*args, **kwargs)
-
-        base.forward = counting_forward
-        module.generate = lambda *a, **k: pytest.fail("the knowledge check generated")
-        try:
-            check = knowledge_check(module, qa)
-        finally:
-            del base.forward
-            del module.generate
-        assert calls["forward"] == 1
-        assert check.pairs == 4 and check.tokens == sum(s.num_target_tokens for s in qa)
-
-        known = 0
-        for s in qa:
-            prompt = torch.tensor([s.input_ids[: len(s.input_ids) - s.num_target_tokens]])
-            with torch.no_grad():
-                out = module.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                      max_new_tokens=s.num_target_tokens, min_new_tokens=s.num_target_tokens,
-                                      pad_token_id=0, eos_token_id=None)
-            known += out[0, prompt.shape[1]:].tolist() == s.input_ids[-s.num_target_tokens:]
-        assert 0 < known < len(qa), "pick a training length that leaves the pairs partly known"
-        assert check.answer_accuracy == known / len(qa)
+        check = knowledge_check(module, qa)
     finally:
-        handle.detach()
+        del base.forward
+        del module.generate
+    assert calls["forward"] == 1
+    assert check.pairs == 4 and check.tokens == sum(s.num_target_tokens for s in qa)
+
+    known = 0
+    for s in qa:
+        prompt = torch.tensor([s.input_ids[: len(s.input_ids) - s.num_target_tokens]])
+        with torch.no_grad():
+            out = module.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                  max_new_tokens=s.num_target_tokens, min_new_tokens=s.num_target_tokens,
+                                  pad_token_id=0, eos_token_id=None)
+        known += out[0, prompt.shape[1]:].tolist() == s.input_ids[-s.num_target_tokens:]
+    assert 0 < known < len(qa), "pick a training length that leaves the pairs partly known"
+    assert check.answer_accuracy == known / len(qa)
 
 
 def test_pack_groups_gives_each_group_its_own_logits(tiny_loaded, tiny_config):
