@@ -553,7 +553,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 12  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 13  # bump when the rules change, so cached pairs are regenerated
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
         self.max_pairs = max_pairs
