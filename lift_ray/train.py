@@ -9,8 +9,8 @@ long prompts.
 
 Training stops when the document is known (:func:`knowledge_check`): after each epoch from
 ``min_epochs`` on, teacher-forced forwards over all the document's auxiliary QA pairs (packed into
-rows of ~1k tokens, no generation) measure how many answers greedy decoding would reproduce; once that share reaches ``stop_accuracy`` the
-remaining epochs are skipped. Without QA pairs there is nothing to check and every epoch runs.
+rows of ~1k tokens, no generation) measure how many answers greedy decoding would reproduce; once
+that share reaches ``stop_accuracy`` the remaining epochs are skipped. Without QA pairs there is nothing to check and every epoch runs.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def target_logits(module: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
 # Tokens per forward of the knowledge check. The packed mask is dense (T x T), so one row holding all
 # of a document's pairs (~5k tokens) spends most of its time in attention: rows of 1024 tokens, whose
 # groups repeat their context every 512 answer-side tokens, checked the recall-test document's 128
-# samples 1.9x faster than one 5062-token row with identical hits (/tmp micro-benchmark, 1 thread).
+# samples 1.9x faster than one 5062-token row with identical hits (README, "When to stop").
 CHECK_ROW_TOKENS = 1024
 
 
@@ -92,10 +92,10 @@ def _check_rows(samples: Sequence[Sample], row_tokens: int) -> list[list[list[Sa
     (a single group longer than that gets a row of its own)."""
     groups = group_for_packing(list(samples), len(samples), max(row_tokens // 2, 1))
     rows: list[list[list[Sample]]] = []
-    used = row_tokens
+    used = 0
     for group in groups:
         size = group[0].prefix_len + sum(len(s.input_ids) - s.prefix_len for s in group)
-        if used + size > row_tokens:
+        if not rows or used + size > row_tokens:
             rows.append([])
             used = 0
         rows[-1].append(group)

@@ -41,6 +41,8 @@ MAX_SENTENCE_WORDS = 80
 # Dependency labels (ClearNLP scheme of spaCy's English pipelines), not words: which children of a
 # verb are its subject, its auxiliaries, what starts another clause, and what is an argument.
 _SUBJECTS = {"nsubj", "nsubjpass", "csubj", "expl"}
+# What the main verb states about its subject besides a prepositional object: "… is cardamom", "… keeps a heron".
+_COMPLEMENTS = {"attr", "acomp", "dobj", "oprd"}
 _AUXES = {"aux", "auxpass"}
 _CLAUSE_BREAKS = {"conj", "cc", "advcl", "parataxis", "ccomp", "mark", "punct", "relcl", "discourse", "intj", "meta"}
 _ARGUMENTS = {"dobj", "attr", "oprd", "dative", "pobj", "acomp", "xcomp", "agent", "prep", "npadvmod", "advmod", "obj"}
@@ -542,6 +544,10 @@ def cloze(sentence: str, answer: str, subject: str | None = None) -> str | None:
 # --- the generator ------------------------------------------------------------------------------------
 
 
+def _clean_answer(answer: str) -> str:
+    return answer.strip().rstrip(".,;:")
+
+
 class RuleQAGenerator:
     """Offline question → short-answer pairs from a dependency parse (no model, no templates).
 
@@ -645,11 +651,11 @@ class RuleQAGenerator:
             if (q := cloze(sentence, fact.text, hint)) is not None:
                 candidates.append((q, fact.text, "cloze"))
         # names, numbers, dates, codes, and what the sentence's main verb states ("… is cardamom")
-        strong |= {f.text for f in facts_all if _salient(f) or (f.root.head == f.root.sent.root and f.root.dep_ in ("attr", "acomp", "dobj", "oprd"))}
+        strong |= {f.text for f in facts_all if _salient(f) or (f.root.head == f.root.sent.root and f.root.dep_ in _COMPLEMENTS)}
         # what the main verb says of its subject: the subject's head, its complements, the object of a
         # preposition on it ("… is seasoned with cardamom")
         stated = [f.text for f in facts_all if f.root.dep_ == "pobj" and f.root.head.dep_ == "prep" and f.root.head.head == f.root.sent.root]
-        main = set(stated) | {f.text for f in facts_all if f.root.head == f.root.sent.root and f.root.dep_ in _SUBJECTS | {"attr", "acomp", "dobj", "oprd"}}
+        main = set(stated) | {f.text for f in facts_all if f.root.head == f.root.sent.root and f.root.dep_ in _SUBJECTS | _COMPLEMENTS}
         return self._select(candidates, sentence, index, strong, stated, main) + ([reverse] if reverse else [])
 
     def heading_pairs(self, sentence: str, doc, index: int) -> list[QAPair]:
@@ -666,13 +672,14 @@ class RuleQAGenerator:
         answer gets one question past the density budget."""
         by_answer: dict[str, list[tuple[str, str, str]]] = {}
         for q, a, how in candidates:
-            a = a.strip().rstrip(".,;:")
+            a = _clean_answer(a)
             if not a or len(a.split()) > MAX_ANSWER_WORDS or len(q.split()) > MAX_QUESTION_WORDS:
                 continue
             if f" {_norm_words(a)} " in f" {_norm_words(q)} " or _norm_words(a) not in _norm_words(sentence):
                 continue
             by_answer.setdefault(a, []).append((q, a, how))
-        strong = {s.strip().rstrip(".,;:") for s in strong}
+        strong = {_clean_answer(s) for s in strong}
+        main = {_clean_answer(m) for m in main}
         order = sorted(by_answer, key=lambda a: (a not in strong, sentence.find(a)))
         out: list[QAPair] = []
         seen: set[str] = set()
@@ -697,9 +704,8 @@ class RuleQAGenerator:
             for a in order:
                 if len(out) < self.max_pairs_per_sentence:
                     take(a)
-        clean = lambda a: a.strip().rstrip(".,;:")  # noqa: E731
-        if not any(p.answer in {clean(m) for m in main} for p in out):
-            for a in map(clean, stated):  # the sentence's point, never asked otherwise ("… with cardamom")
+        if not any(p.answer in main for p in out):
+            for a in map(_clean_answer, stated):  # the sentence's point, never asked otherwise ("… with cardamom")
                 if a in queues and queues[a]:
                     take(a)
                     break
