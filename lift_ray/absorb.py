@@ -260,12 +260,15 @@ def auxiliary_pairs(
 
 
 def training_stages(segments: list[Sample], qa: list[Sample], cfg: LiftConfig) -> list[Stage]:
-    """The schedule: segments only, or (paper §3.3) stage 1 segments, stage 2 segments + QA.
+    """The schedule: segments only, or (paper §3.3) stage 1 segments, stage 2 segments + QA, or the QA
+    pairs alone (``aux_qa.recite_segments: false``).
 
     Epoch counts are maxima: the stop rule (:func:`lift_ray.train.train_schedule`) may end training
     earlier once the QA pairs are known.
     """
     if not qa:
         return [Stage("segments", segments, cfg.train.epochs)]
+    if not cfg.aux_qa.recite_segments:
+        return [Stage("QA", qa, cfg.aux_qa.stage2_epochs)]
     stages = [Stage("segments", segments, cfg.aux_qa.stage1_epochs), Stage("segments+QA", segments + qa, cfg.aux_qa.stage2_epochs)]
     return [stage for stage in stages if stage.epochs]

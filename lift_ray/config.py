@@ -125,12 +125,24 @@ class AuxQAConfig(_Base):
         "BM25 picks for its question: the rag / lift+rag prompt), none (the lift prompt: no document). Each view "
         "listed adds every pair once. None: the profile's value.",
     )
+    recite_segments: bool = Field(
+        True,
+        description="Train the segment recitation samples beside the QA pairs. False: the QA pairs alone, for "
+        "stage2_epochs (stage 1 is skipped; LIFT's later versions train on QA only); a document that gets no pairs "
+        "then trains on its segments.",
+    )
     stage1_epochs: int | None = Field(
         None, ge=0, description="Two-stage schedule: epochs on segments only before the QA pairs join. None: the profile's value."
     )
     stage2_epochs: int | None = Field(
         None, ge=0, description="Two-stage schedule: epochs on segments + QA pairs. None: the profile's value."
     )
+
+    @model_validator(mode="after")
+    def _something_to_train(self) -> "AuxQAConfig":
+        if not self.recite_segments and self.generator == "none":
+            raise ValueError("aux_qa.recite_segments=false trains the QA pairs alone, but aux_qa.generator='none' writes none")
+        return self
 
 
 class TrainConfig(_Base):
@@ -362,7 +374,8 @@ class LiftConfig(_Base):
         """Hash of everything that changes the trained adapter (not inference or store settings)."""
         payload = {
             "segments": self.segments.model_dump(mode="json", exclude={"max_document_chars"}),
-            "aux_qa": self.aux_qa.model_dump(mode="json"),
+            # recite_segments is left out at its default, so adapters absorbed before it existed keep their variant.
+            "aux_qa": self.aux_qa.model_dump(mode="json", exclude=set() if not self.aux_qa.recite_segments else {"recite_segments"}),
             "answer_prompt": self.inference.answer_prompt,  # QA samples are trained in this format
             "train": self.train.model_dump(mode="json"),
             "adapter": self.adapter.model_dump(mode="json"),

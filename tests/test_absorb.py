@@ -72,6 +72,21 @@ def test_no_qa_means_one_stage(tiny_config):
     assert [s.name for s in training_stages(["s"], ["q"], cfg)] == ["segments+QA"]
 
 
+def test_qa_only_trains_the_pairs_alone_and_keeps_the_default_variant(tiny_config):
+    from lift_ray.config import ConfigError, build_config
+
+    cfg = _cfg(tiny_config, aux_qa={"generator": "rules", "stage1_epochs": 2, "stage2_epochs": 4, "recite_segments": False})
+    assert [(s.name, s.samples, s.epochs) for s in training_stages(["s"], ["q"], cfg)] == [("QA", ["q"], 4)]
+    # A document that gets no pairs still trains, on its segments.
+    assert [s.name for s in training_stages(["s"], [], cfg)] == ["segments"]
+    # The field's default is not part of the training hash: adapters absorbed before it existed keep their variant.
+    default = _cfg(tiny_config, aux_qa={"generator": "rules"})
+    explicit = _cfg(tiny_config, aux_qa={"generator": "rules", "recite_segments": True})
+    assert default.training_hash() == explicit.training_hash() != _cfg(tiny_config, aux_qa={"generator": "rules", "recite_segments": False}).training_hash()
+    with pytest.raises(ConfigError, match="recite_segments"):
+        build_config(None, {"aux_qa": {"generator": "none", "recite_segments": False}})
+
+
 def test_gated_memory_training_moves_the_gate_and_lowers_the_loss(tiny_loaded, tiny_config):
     cfg = _cfg(
         tiny_config,
