@@ -3,9 +3,9 @@
 The document is fictional (no world knowledge helps) and was written for this test after the
 defaults were chosen on the development set (benchmarks/quality.py): neither the defaults nor the
 QA generator were tuned on it. It is ~4.4x the 128-token window; five of its facts lie outside the
-head+tail view ("beyond"), two inside it. Each adapter kind absorbs it once per session with the
-default configuration (only W set) and answers every question in every mode; the tests assert on
-those answers.
+head+tail view ("beyond"), two inside it. It is absorbed once per session with the default
+configuration (only W set) and every question is answered in every mode; the tests assert on those
+answers. Gated Memory's real-model test absorbs a shorter document (tests/test_gated_memory.py).
 """
 
 import json
@@ -32,7 +32,7 @@ WINDOW = 128
 MODES = ("icl", "lift", "lift+icl", "rag", "lift+rag")
 
 
-def _absorb_and_score(tmp_path_factory, adapter: str | None):
+def _absorb_and_score(tmp_path_factory):
     from lift_ray.config import build_config
     from lift_ray.infer import LiftEngine
 
@@ -42,8 +42,6 @@ def _absorb_and_score(tmp_path_factory, adapter: str | None):
         "inference": {"max_new_tokens": 32},
         "store": {"uri": str(tmp_path_factory.mktemp("smol-store"))},
     }
-    if adapter:
-        overrides["adapter"] = {"kind": adapter}
     engine = LiftEngine.from_config(build_config(None, overrides))
     result = engine.absorb(recall_document(), progress=False)
     scores = {m: {"beyond": 0, "inside": 0} for m in MODES}
@@ -61,12 +59,7 @@ def _absorb_and_score(tmp_path_factory, adapter: str | None):
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory):
     """Absorbed with the defaults (LoRA + rule-generated QA on the small profile)."""
-    return _absorb_and_score(tmp_path_factory, None)
-
-
-@pytest.fixture(scope="session")
-def gated_memory_run(tmp_path_factory):
-    return _absorb_and_score(tmp_path_factory, "gated_memory")
+    return _absorb_and_score(tmp_path_factory)
 
 
 def _report(scores) -> str:
@@ -123,17 +116,6 @@ def test_rag_and_lift_rag_recall_beyond_window_facts_that_icl_cannot(default_run
 
 def test_lift_icl_does_not_hurt_in_window_answers(default_run):
     _, _, scores, answers = default_run
-    assert scores["lift+icl"]["inside"] >= scores["icl"]["inside"], answers
-
-
-@pytest.mark.xfail(strict=False, reason="issue 10, open: Gated Memory passed with the two-view stop-rule defaults "
-                   "(stop 17's run) after staying below 3/5 with the 3 + 5 recipe; non-strict until CI confirms it")
-def test_gated_memory_lift_icl_beats_icl(gated_memory_run):
-    _, result, scores, answers = gated_memory_run
-    print("gated_memory:", _report(scores))
-    assert result.variant.startswith("gated_memory-")
-    assert scores["lift+icl"]["beyond"] >= 3, answers
-    assert scores["lift+icl"]["beyond"] > scores["icl"]["beyond"]
     assert scores["lift+icl"]["inside"] >= scores["icl"]["inside"], answers
 
 
