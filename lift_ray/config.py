@@ -129,7 +129,8 @@ class AuxQAConfig(_Base):
         True,
         description="Train the segment recitation samples beside the QA pairs. False: the QA pairs alone, for "
         "stage2_epochs (stage 1 is skipped; LIFT's later versions train on QA only); a document that gets no pairs "
-        "then trains on its segments.",
+        "then trains on its segments. With the rule generator, false learnt no faster and lost paraphrased recall "
+        "(README, 'When to stop').",
     )
     stage1_epochs: int | None = Field(
         None, ge=0, description="Two-stage schedule: epochs on segments only before the QA pairs join. None: the profile's value."
