@@ -376,7 +376,7 @@ class LiftConfig(_Base):
         payload = {
             "segments": self.segments.model_dump(mode="json", exclude={"max_document_chars"}),
             # recite_segments is left out at its default, so adapters absorbed before it existed keep their variant.
-            "aux_qa": self.aux_qa.model_dump(mode="json", exclude=set() if not self.aux_qa.recite_segments else {"recite_segments"}),
+            "aux_qa": self.aux_qa.model_dump(mode="json", exclude={"recite_segments"} if self.aux_qa.recite_segments else None),
             "answer_prompt": self.inference.answer_prompt,  # QA samples are trained in this format
             "train": self.train.model_dump(mode="json"),
             "adapter": self.adapter.model_dump(mode="json"),
