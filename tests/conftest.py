@@ -264,6 +264,13 @@ RECALL_DOCUMENTS = [
 ]
 
 
+def recall_window(tokenizer, text: str) -> str:
+    """The RECALL_WINDOW-token head+tail view of a recall document, as text: what ICL reads of it."""
+    from lift_ray.segments import truncate_middle
+
+    return tokenizer.decode(truncate_middle(tokenizer(text)["input_ids"], RECALL_WINDOW, []))
+
+
 @pytest.fixture(scope="session")
 def recall_bulk_run(ray_client, tmp_path_factory):
     """RECALL_DOCUMENTS absorbed on the embedded model by a bulk run on two Ray workers: (config, inputs, summary)."""

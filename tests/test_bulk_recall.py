@@ -7,7 +7,7 @@ fixture (tests/conftest.py): the Serve test answers from the same adapters.
 
 import pytest
 
-from conftest import RECALL_DOCUMENTS, RECALL_WINDOW
+from conftest import RECALL_DOCUMENTS, recall_window
 from lift_ray.evaluate.metrics import is_correct
 
 pytestmark = pytest.mark.slow
@@ -15,14 +15,13 @@ pytestmark = pytest.mark.slow
 
 def test_documents_absorbed_by_bulk_workers_are_recalled(recall_bulk_run):
     from lift_ray.infer import LiftEngine
-    from lift_ray.segments import truncate_middle
 
     cfg, docs, summary = recall_bulk_run
     assert summary.error is None and len(summary.absorbed) == 2 and summary.model_loads == 2, summary.to_json()
 
     engine = LiftEngine.from_config(cfg)
     for doc, (text, question, keywords) in zip(docs, RECALL_DOCUMENTS):
-        window = engine.loaded.tokenizer.decode(truncate_middle(engine.loaded.tokenizer(text)["input_ids"], RECALL_WINDOW, []))
+        window = recall_window(engine.loaded.tokenizer, text)
         assert not any(k in window for k in keywords), "the fact must lie outside the window"
         lift_icl = engine.answer(question, doc.doc_id, "lift+icl").answer
         assert is_correct(lift_icl, keywords), (question, lift_icl)

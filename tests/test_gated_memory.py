@@ -288,12 +288,11 @@ def test_smollm2_recalls_a_fact_beyond_the_window_from_its_gated_memory(tmp_path
 
     A short document keeps this strict test at ~2.5 minutes: on the 4.4x-window recall document Gated
     Memory ran all 8 epochs (627 s of CI, README "Tests")."""
-    from conftest import RECALL_DOCUMENTS, RECALL_WINDOW
+    from conftest import RECALL_DOCUMENTS, RECALL_WINDOW, recall_window
 
     from lift_ray.config import build_config
     from lift_ray.evaluate.metrics import is_correct
     from lift_ray.infer import LiftEngine
-    from lift_ray.segments import truncate_middle
 
     torch.set_num_threads(2)
     text, question, keywords = RECALL_DOCUMENTS[0]
@@ -304,9 +303,7 @@ def test_smollm2_recalls_a_fact_beyond_the_window_from_its_gated_memory(tmp_path
         "store": {"uri": str(tmp_path / "store")},
     }
     engine = LiftEngine.from_config(build_config(None, overrides))
-    tok = engine.loaded.tokenizer
-    view = tok.decode(truncate_middle(tok(text)["input_ids"], RECALL_WINDOW, []))
-    assert not is_correct(view, keywords), "the fact must lie outside the window"
+    assert not is_correct(recall_window(engine.loaded.tokenizer, text), keywords), "the fact must lie outside the window"
 
     result = engine.absorb(text, progress=False)
     assert result.variant.startswith("gated_memory-") and result.qa_pairs

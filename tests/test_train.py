@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -157,6 +159,19 @@ def test_stop_rule_spans_stages_and_skips_what_is_left(tiny_loaded, tiny_config,
     assert metrics.stop_reason == "known" and metrics.epochs < metrics.max_epochs == 41
 
 
+@contextlib.contextmanager
+def recorded_forwards(module):
+    """The sequence length of every forward of ``module``'s base model while the block runs."""
+    lengths: list[int] = []
+    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    original = base.forward
+    base.forward = lambda *a, **k: (lengths.append(k["input_ids"].shape[1]), original(*a, **k))[1]
+    try:
+        yield lengths
+    finally:
+        del base.forward
+
+
 @pytest.fixture
 def partly_trained(tiny_loaded, tiny_config, fitting_model):
     """(module, QA samples): a LoRA trained 3 epochs on PAIRS, so some pairs are known and some are not."""
@@ -175,14 +190,8 @@ def test_knowledge_check_rows_bound_the_forward_and_give_the_same_answer(partly_
     cannot be split), and the same hits, loss and known count as one row holding everything."""
     module, qa = partly_trained
     whole = knowledge_check(module, qa, row_tokens=10**6)
-    lengths = []
-    base = module.get_base_model() if hasattr(module, "get_base_model") else module
-    original = base.forward
-    base.forward = lambda *a, **k: (lengths.append(k["input_ids"].shape[1]), original(*a, **k))[1]
-    try:
+    with recorded_forwards(module) as lengths:
         rows = knowledge_check(module, qa, row_tokens=40)
-    finally:
-        del base.forward
     longest_sample = max(len(s.input_ids) for s in qa)
     assert len(lengths) > 1 and max(lengths) <= max(40, longest_sample), lengths
     assert (rows.answer_accuracy, rows.token_accuracy, rows.pairs, rows.tokens) == (
@@ -194,22 +203,13 @@ def test_knowledge_check_is_one_forward_and_agrees_with_greedy_decoding(partly_t
     """The check never generates: packed forwards over every pair (one row here); what it calls known
     is what greedy decoding answers exactly."""
     module, qa = partly_trained
-    calls = {"forward": 0}
-    base = module.get_base_model() if hasattr(module, "get_base_model") else module
-    original = base.forward
-
-    def counting_forward(*args, **kwargs):
-        calls["forward"] += 1
-        return original(*args, **kwargs)
-
-    base.forward = counting_forward
     module.generate = lambda *a, **k: pytest.fail("the knowledge check generated")
     try:
-        check = knowledge_check(module, qa)
+        with recorded_forwards(module) as lengths:
+            check = knowledge_check(module, qa)
     finally:
-        del base.forward
         del module.generate
-    assert calls["forward"] == 1
+    assert len(lengths) == 1
     assert check.pairs == 4 and check.tokens == sum(s.num_target_tokens for s in qa)
 
     known = 0
