@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+CLUSTER_MARKER = "LIFT_RAY_TEST_RAY_CLUSTER"  # in the environment of every process of one LocalRay
 
 
 def free_port() -> int:
@@ -41,6 +43,7 @@ class LocalRay:
             **self.auth_env,
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "RAY_USAGE_STATS_ENABLED": "0",
+            CLUSTER_MARKER: self.temp_dir,
             # Workers import torch; more than one thread per worker only oversubscribes the 2 CI cores.
             "OMP_NUM_THREADS": "1",
         }
@@ -77,6 +80,35 @@ class LocalRay:
     def job_env(self, **extra: str) -> dict[str, str]:
         return {**self.env, "RAY_API_SERVER_ADDRESS": self.dashboard, "RAY_ADDRESS": self.dashboard, **extra}
 
+    def processes(self) -> list:
+        """Every live process of this cluster: each inherits the marker from ``ray start``'s environment
+        (workers rename themselves ``ray::...``, so their command lines cannot be matched)."""
+        import psutil
+
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.environ().get(CLUSTER_MARKER) == self.temp_dir:
+                    found.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
+        return found
+
     def stop(self) -> None:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=self.env, capture_output=True, timeout=120)
+        """Take this cluster down, and only this one: ``ray stop`` would also kill any other Ray
+        cluster on the machine (a user's own, or a benchmark's running beside the tests)."""
+        import psutil
+
+        for _ in range(3):  # a raylet may start a worker while its siblings are going down
+            procs = self.processes()
+            if not procs:
+                break
+            for proc in procs:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.terminate()
+            _, alive = psutil.wait_procs(procs, timeout=5)
+            for proc in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
+            psutil.wait_procs(alive, timeout=15)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
