@@ -233,9 +233,15 @@ def chat_endpoint(content: str):
 def pytest_collection_modifyitems(config, items):
     # Every test that starts or joins a Ray cluster carries the `ray` marker, so `-m "not ray"` is a
     # fast local loop; marking by fixture keeps a new Ray test from slipping through unmarked.
+    ray_modules = set()
     for item in items:
         if {"ray_head", "ray_client"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ray)
+            ray_modules.add(item.module.__name__)
+    # Modules that use the session's Ray cluster run last (whole modules, so their module fixtures
+    # are set up once): the cluster starts with the first of them, and the real-model tests before
+    # it get both cores to themselves instead of sharing them with Ray's daemons and idle workers.
+    items.sort(key=lambda item: item.module.__name__ in ray_modules)
 
 
 # --- two real documents, absorbed once per session (the bulk and Serve recall tests share them) -----
