@@ -244,7 +244,8 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.module.__name__ in ray_modules)
 
 
-# --- two real documents, absorbed once per session (the bulk and Serve recall tests share them) -----
+# --- two real documents, absorbed once per session with Gated Memory (the bulk, Gated Memory and
+# Serve recall tests share them: one absorb each instead of three) ---------------------------------
 
 RECALL_WINDOW = 64
 _RECALL_FILLER = (
@@ -279,7 +280,10 @@ def recall_window(tokenizer, text: str) -> str:
 
 @pytest.fixture(scope="session")
 def recall_bulk_run(ray_client, tmp_path_factory):
-    """RECALL_DOCUMENTS absorbed on the embedded model by a bulk run on two Ray workers: (config, inputs, summary)."""
+    """RECALL_DOCUMENTS absorbed on the embedded model by a bulk run on two Ray workers: (config, inputs, summary).
+
+    The adapter is the paper's Gated Memory, otherwise the defaults (W and the answer length set):
+    the default LoRA has its own real-model recall test (tests/test_recall.py)."""
     from lift_ray.bulk import run_bulk
     from lift_ray.config import build_config
     from lift_ray.documents import DocumentInput
@@ -287,6 +291,7 @@ def recall_bulk_run(ray_client, tmp_path_factory):
     cfg = build_config(
         None,
         {
+            "adapter": {"kind": "gated_memory"},
             "segments": {"context_window": RECALL_WINDOW},
             "inference": {"max_new_tokens": 24},
             "store": {"uri": str(tmp_path_factory.mktemp("recall-bulk") / "store")},

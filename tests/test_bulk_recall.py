@@ -2,7 +2,7 @@
 
 Each document hides one fact in its middle, outside the 64-token head+tail window, so only an
 adapter trained by a worker can supply it to a LIFT+ICL answer in the driver. The run is a session
-fixture (tests/conftest.py): the Serve test answers from the same adapters.
+fixture (tests/conftest.py) with Gated Memory adapters: the Gated Memory and Serve tests answer from the same adapters.
 """
 
 import pytest

@@ -281,33 +281,28 @@ def test_attach_and_detach_share_the_base_weights():
 
 
 @pytest.mark.slow
-def test_smollm2_recalls_a_fact_beyond_the_window_from_its_gated_memory(tmp_path):
-    """The real model with the paper's adapter: a short fictional document whose fact lies outside the
-    64-token head+tail view, absorbed with the defaults (only the adapter kind and W set). LIFT+ICL
-    answers it from the Gated Memory; ICL, which sees the same view without it, cannot.
+def test_smollm2_recalls_a_fact_beyond_the_window_from_its_gated_memory(recall_bulk_run):
+    """The real model with the paper's adapter: short fictional documents whose fact lies outside the
+    64-token head+tail view, absorbed with the defaults (only the adapter kind and W set) by the
+    session's bulk run (tests/conftest.py, shared with the bulk and Serve recall tests). LIFT+ICL
+    answers each from its Gated Memory; ICL, which sees the same view without it, cannot.
 
-    A short document keeps this strict test at ~2.5 minutes: on the 4.4x-window recall document Gated
-    Memory ran all 8 epochs (627 s of CI, README "Tests")."""
-    from conftest import RECALL_DOCUMENTS, RECALL_WINDOW, recall_window
+    Short documents keep this strict test cheap: on the 4.4x-window recall document Gated Memory ran
+    all 8 epochs (627 s of CI, README "Tests")."""
+    from conftest import RECALL_DOCUMENTS, recall_window
 
-    from lift_ray.config import build_config
     from lift_ray.evaluate.metrics import is_correct
     from lift_ray.infer import LiftEngine
 
-    torch.set_num_threads(2)
-    text, question, keywords = RECALL_DOCUMENTS[0]
-    overrides = {
-        "adapter": {"kind": "gated_memory"},
-        "segments": {"context_window": RECALL_WINDOW},
-        "inference": {"max_new_tokens": 24},
-        "store": {"uri": str(tmp_path / "store")},
-    }
-    engine = LiftEngine.from_config(build_config(None, overrides))
-    assert not is_correct(recall_window(engine.loaded.tokenizer, text), keywords), "the fact must lie outside the window"
-
-    result = engine.absorb(text, progress=False)
-    assert result.variant.startswith("gated_memory-") and result.qa_pairs
-    answers = {mode: engine.answer(question, result.doc_id, mode).answer for mode in ("icl", "lift+icl")}
-    print("gated memory:", answers, [r.check.answer_accuracy for r in result.training.epoch_log if r.check])
-    assert not is_correct(answers["icl"], keywords), answers
-    assert is_correct(answers["lift+icl"], keywords), answers
+    cfg, docs, summary = recall_bulk_run
+    assert summary.error is None and len(summary.absorbed) == len(docs), summary.to_json()
+    engine = LiftEngine.from_config(cfg)
+    for doc, (text, question, keywords) in zip(docs, RECALL_DOCUMENTS):
+        assert not is_correct(recall_window(engine.loaded.tokenizer, text), keywords), "the fact must lie outside the window"
+        (variant,) = engine.store.variants(doc.doc_id)
+        manifest = engine.store.manifest(doc.doc_id, variant)
+        assert variant.startswith("gated_memory-") and manifest.num_qa_pairs > 0, manifest
+        answers = {mode: engine.answer(question, doc.doc_id, mode).answer for mode in ("icl", "lift+icl")}
+        print("gated memory:", answers, [r.check.answer_accuracy for r in manifest.training.epoch_log if r.check])
+        assert not is_correct(answers["icl"], keywords), answers
+        assert is_correct(answers["lift+icl"], keywords), answers
