@@ -532,7 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--needle", action="append", metavar="TEXT", help="the fact to hide; repeat for several needles (default: a fictional soup recipe)")
     p.add_argument("--answer", action="append", metavar="TEXT", help="the needle's answer, scored by keyword; one per --needle")
     p.add_argument("--question", metavar="TEXT", help="the question whose answer the needle(s) hold")
-    p.add_argument("--modes", default=",".join(COMPARE_MODES), help=f"answer modes, comma separated, from {', '.join(MODES)} (default: {','.join(COMPARE_MODES)})")
+    p.add_argument("--modes", default=",".join(COMPARE_MODES),
+                   help=f"answer modes, comma separated, from {', '.join(MODES)} (default: {','.join(COMPARE_MODES)}); "
+                   "icl and rag alone train nothing")
     _judge_flags(p)
     p.add_argument("--workers", type=int, metavar="N", help="absorb the cells on N Ray Train workers (lift-ray bulk); answers stay in this process (default: 1, no Ray)")
     p.add_argument("--address", metavar="ADDR", help="Ray address with --workers (default: $RAY_ADDRESS, else a local Ray)")

@@ -37,7 +37,7 @@ from pathlib import Path
 from lift_ray.aux_qa import split_paragraphs
 from lift_ray.config import cache_dir
 from lift_ray.evaluate.metrics import is_correct, normalize_answer
-from lift_ray.modes import COMPARE_MODES, MODE_TITLES, ModeError, parse_modes
+from lift_ray.modes import COMPARE_MODES, MODE_TITLES, ModeError, parse_modes, uses_adapter
 from lift_ray.segments import truncate_middle
 from lift_ray.text import atomic_write, normalize_text
 
@@ -501,11 +501,23 @@ def absorb_cells(
     return out
 
 
+NOT_ABSORBED = "not_absorbed"  # a cell of a grid whose modes use no adapter: nothing is trained
+
+
+def unabsorbed_cell(cell: CellDocument) -> dict:
+    """The absorb record of a cell that needs no adapter: icl and rag read the cell's text directly."""
+    from lift_ray.store import doc_id_for
+
+    return {"doc_id": doc_id_for(cell.text), "variant": None, "status": NOT_ABSORBED, "absorb_seconds": 0.0,
+            "num_qa_pairs": 0, "needle_qa": []}
+
+
 def answer_cell(engine, cell: CellDocument, absorbed: dict, settings: NiahSettings, judge=None) -> dict:
-    """Ask the question about one absorbed cell in every mode and score the answers."""
+    """Ask the question about one cell in every mode and score the answers."""
     answers = {}
+    doc = cell.text if absorbed["status"] == NOT_ABSORBED else absorbed["doc_id"]
     for mode in settings.modes:
-        ans = engine.answer(settings.question, absorbed["doc_id"], mode)
+        ans = engine.answer(settings.question, doc, mode)
         scores = score_needles(ans.answer, settings.needles)
         if judge is not None:
             reference = "; ".join(n.answer for n in settings.needles)
@@ -537,6 +549,9 @@ def run_grid(
     on_progress: Callable[[float, str], None] | None = None,
 ) -> dict:
     """Build, absorb, ask and score every cell; write per-cell files, then results and heatmap.
+
+    When no mode uses an adapter (``icl`` and ``rag`` alone) nothing is absorbed: each cell is
+    answered from its text and recorded with status ``not_absorbed``.
 
     Args:
         engine: a :class:`lift_ray.infer.LiftEngine` with ``segments.context_window`` resolved.
@@ -580,9 +595,15 @@ def run_grid(
     if progress and len(pending) < len(cells):
         _log(f"{len(cells) - len(pending)} of {len(cells)} cells done before, skipped")
     workers = engine.config.bulk.workers
+    # A grid of icl and rag only (the baselines) needs no adapter: its cells are answered from their
+    # text in seconds, with nothing trained.
+    train = any(uses_adapter(mode) for mode in settings.modes)
     # On Ray every pending cell is absorbed in one bulk run first; alone, cell by cell, so each
     # finished cell is on disk before the next one trains.
-    absorbed_all = absorb_cells(engine, pending, workers=workers, ray_address=ray_address, progress=progress) if workers > 1 else {}
+    absorbed_all = (
+        absorb_cells(engine, pending, workers=workers, ray_address=ray_address, progress=progress)
+        if train and workers > 1 else {}
+    )
     results: list[dict] = []
     tell = on_progress or (lambda fraction, message: None)
     for k, cell in enumerate(cells):
@@ -595,9 +616,12 @@ def run_grid(
         def on_absorb(event, k=k, where=where) -> None:
             tell((k + 0.9 * event.fraction) / len(cells), f"{where}: {event.describe()}")
 
-        absorbed = absorbed_all.get(cell.cell_id) or absorb_cells(
-            engine, [cell], progress=progress, on_absorb_progress=on_absorb
-        )[cell.cell_id]
+        if not train:
+            absorbed = unabsorbed_cell(cell)
+        else:
+            absorbed = absorbed_all.get(cell.cell_id) or absorb_cells(
+                engine, [cell], progress=progress, on_absorb_progress=on_absorb
+            )[cell.cell_id]
         tell((k + 0.9) / len(cells), f"{where}: answering in {', '.join(settings.modes)}")
         result = answer_cell(engine, cell, absorbed, settings, judge)
         _write_json_atomic(path, result)

@@ -296,6 +296,22 @@ def test_finished_absorbs_are_reused_from_the_store(tiny_engine, tmp_path, monke
     assert second["cells"][0]["status"] == "already_absorbed"
 
 
+def test_a_grid_of_baseline_modes_trains_nothing(tiny_engine, tmp_path, monkeypatch):
+    """icl and rag need no adapter: the cells are answered from their text, nothing absorbed or stored."""
+    calls = _count_absorbs(tiny_engine, monkeypatch)
+    haystack = Haystack.from_text(HAY_TEXT, "tortoises")
+    settings = NiahSettings([NEEDLE], QUESTION, modes=("icl", "rag"))
+    summary = run_grid(tiny_engine, haystack, [240], [0, 50], settings, tmp_path / "out", progress=False)
+    assert calls == [] and tiny_engine.store.list_docs() == []
+    for cell in summary["cells"]:
+        assert cell["status"] == "not_absorbed" and cell["variant"] is None and cell["absorb_seconds"] == 0.0
+        assert set(cell["answers"]) == {"icl", "rag"} and all(0.0 <= a["keyword"] <= 1.0 for a in cell["answers"].values())
+    # The same grid with an adapter mode trains every cell (the finished baseline cells are other settings).
+    run_grid(tiny_engine, haystack, [240], [0, 50], NiahSettings([NEEDLE], QUESTION, modes=("icl", "lift")),
+             tmp_path / "lift", progress=False)
+    assert len(calls) == 2
+
+
 def test_with_workers_the_cells_are_absorbed_in_one_bulk_run(tiny_engine, tmp_path, monkeypatch):
     """--workers N hands every pending cell to lift_ray.bulk.run_bulk at once (faked here: no Ray in unit tests)."""
     import lift_ray.bulk
@@ -391,8 +407,9 @@ def test_cli_bad_niah_input_fails_before_training(capsys, tmp_path, tiny_model_d
 
 @pytest.mark.slow
 def test_real_grid_lift_icl_recalls_a_needle_the_window_cannot_show(tmp_path_factory):
-    """A 1x2 grid on SmolLM2 with Paul Graham's essays, W = 64, 160 tokens: depth 50 is beyond the
-    window, depth 100 inside it. The default needle, asked in every mode.
+    """SmolLM2 with Paul Graham's essays, W = 64, 160 tokens: at depth 50 the needle is beyond the
+    window, asked in every mode (one absorb); at depth 100 it is inside, asked in icl alone (a grid
+    of baseline modes trains nothing). The default needle.
 
     The generator once wrote no pair for this needle ("Who is seasoned with cardamom?" → "Marlowe",
     which then failed verification), and lift+icl answered "dried thyme": the adapter can only
@@ -411,14 +428,16 @@ def test_real_grid_lift_icl_recalls_a_needle_the_window_cannot_show(tmp_path_fac
         "store": {"uri": str(out / "store")},
     }
     engine = LiftEngine.from_config(build_config(None, overrides))
-    settings = NiahSettings([Needle(DEFAULT_NEEDLE, DEFAULT_ANSWER)], DEFAULT_QUESTION, modes=MODES)
-    summary = run_grid(engine, load_haystack(), [160], [50, 100], settings, out / "grid", progress=False)
-    cells = {(c["length"], c["depth"]): c for c in summary["cells"]}
-    assert set(cells) == {(160, 50), (160, 100)}
-    report = {k: {m: a["answer"] for m, a in c["answers"].items()} for k, c in cells.items()}
+    needles = [Needle(DEFAULT_NEEDLE, DEFAULT_ANSWER)]
+    summary = run_grid(engine, load_haystack(), [160], [50], NiahSettings(needles, DEFAULT_QUESTION, modes=MODES),
+                       out / "grid", progress=False)
+    (beyond,) = summary["cells"]
+    (inside,) = run_grid(engine, load_haystack(), [160], [100], NiahSettings(needles, DEFAULT_QUESTION, modes=("icl",)),
+                         out / "inside", progress=False)["cells"]
+    report = {c["cell"]: {m: a["answer"] for m, a in c["answers"].items()} for c in (beyond, inside)}
     print("real grid:", json.dumps(summary["summary"]), report)
-    beyond, inside = cells[(160, 50)], cells[(160, 100)]
     assert beyond["needles"][0]["window"] == "outside" and inside["needles"][0]["window"] == "inside"
+    assert beyond["status"] == "absorbed" and inside["status"] == "not_absorbed"
     assert beyond["answers"]["icl"]["keyword"] == 0, report  # ICL cannot see it
     assert inside["answers"]["icl"]["keyword"] == 1, report  # ... and reads it where it can
     assert beyond["answers"]["lift+icl"]["keyword"] == 1, report  # the adapter recalls it
