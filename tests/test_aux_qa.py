@@ -232,6 +232,19 @@ def test_one_line_records_are_facts_and_numbered_labels_are_headings():
     assert not [p for p in kept if "Chapter 2" in p.question and p.answer == "The Ferry"]  # a numbered heading
 
 
+def test_a_records_key_names_the_field_and_its_value_is_the_answer():
+    """Words of a key are no facts, whatever the recogniser makes of them ("Annual" a date, "Mill" a
+    person): only values are answers, a month spelt like a stop word ("May") included; a key that is a
+    clause keeps its subject as the fact asked from the other side."""
+    text = ("Almanac of Tessel\n\n- Annual fair month: May\n- Mill chief engineer: Orvan Tullis\n"
+            "- Spring market month: April\n- Bell tower finished: 1645")
+    _, kept, _ = _pairs(text)
+    answers = {p.answer for p in kept}
+    assert {"May", "Orvan Tullis", "April", "1645"} <= answers, kept
+    assert not answers & {"Annual", "Mill", "month", "Spring", "chief engineer"}, kept
+    assert any(p.answer == "Bell tower" and "1645" in p.question for p in kept), kept
+
+
 def test_rules_fall_back_to_cloze():
     text = "In winter, when the winds blow for weeks, the people of Norrow Vale mend their nets since 1702."
     raw, kept, _ = _pairs(text)

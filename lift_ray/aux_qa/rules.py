@@ -145,7 +145,8 @@ def fact_spans(sent) -> list:
     for span in sorted((s for s in found if len(s) and s.text.strip()), key=lambda s: (-len(s.text), s.start)):
         if any(span.start < o.end and o.start < span.end for o in spans):
             continue
-        if all(t.is_stop or t.is_punct for t in span):
+        # (a name mid-sentence is kept even when it spells a stop word: the month "May")
+        if all(t.is_stop or t.is_punct for t in span) and not any(t.pos_ == "PROPN" and t.i > sent.start for t in span):
             continue
         spans.append(span)
     return sorted(spans, key=lambda s: s.start)
@@ -559,7 +560,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 13  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 14  # bump when the rules change, so cached pairs are regenerated
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
         self.max_pairs = max_pairs
@@ -610,6 +611,11 @@ class RuleQAGenerator:
         strong: set[str] = set()
         reverse = None
         kv = _KEY_VALUE.match(_BULLET.sub("", sentence.strip()))
+        key_end = -1  # where a "key: value" line's key ends in the parsed text, when the key names a field
+        if kv and kv.group("key").strip() and doc.text.startswith(kv.group("key").strip()):
+            key = doc.char_span(0, len(kv.group("key").strip()), alignment_mode="expand")
+            if key is not None and not any(t.pos_ in ("VERB", "AUX") for t in key):  # a clause states facts
+                key_end = key.end_char
         if kv and len(kv.group("value").split()) <= MAX_ANSWER_WORDS:
             key, value = kv.group("key").strip(), kv.group("value").strip().rstrip(".;")
             strong.add(value)
@@ -627,7 +633,10 @@ class RuleQAGenerator:
         facts_all = []
         hint = asked or (_antecedent(sents[0], ctx) if sents else None)
         for sent in sents:
-            facts = fact_spans(sent)
+            # a record's key without a verb names the field, not a fact ("Annual" of "Annual fair month:
+            # May", "Mill" of "Mill chief engineer: ...", however the recogniser labelled them); a key
+            # with one is a clause ("Bell tower finished: 1645", "There are three types of rock: ...")
+            facts = [f for f in fact_spans(sent) if f.end_char > key_end]
             facts_all += facts
             clauses = list(_clauses(sent, ctx))
             for clause in clauses:
