@@ -102,6 +102,12 @@ def pytest_configure(config):
     os.environ["LIFT_RAY_CACHE"] = os.environ.get("LIFT_RAY_TEST_CACHE") or tempfile.mkdtemp(prefix="lift-ray-test-cache-")
     os.environ.pop("LIFT_RAY_STORE", None)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Ray reads RAY_AUTH_MODE once, when `ray` is first imported: a test that imports it before the
+    # session's cluster starts (e.g. for Serve's config schema) would fix this process to "disabled",
+    # and the cluster's token would then be refused. So the session has token auth from the start.
+    from ray_cluster import make_auth_env
+
+    os.environ.update(make_auth_env(tempfile.mkdtemp(prefix="lrray-auth-")))
     # Tiny-model ops gain nothing from threads; the real-model tests set their own count.
     torch.set_num_threads(1)
 
@@ -174,15 +180,9 @@ def s3_server():
 def ray_head():
     from ray_cluster import LocalRay  # tests/ is on sys.path (rootdir conftest)
 
-    head = LocalRay(num_cpus=4)
-    saved = {k: os.environ.get(k) for k in head.auth_env}
-    os.environ.update(head.auth_env)  # this process is a Ray client too (ray.init in ray_client)
+    # The session's token (pytest_configure): this process is a Ray client too (ray.init in ray_client).
+    head = LocalRay(num_cpus=4, auth_env={k: os.environ[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")})
     yield head
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
     import ray
 
     ray.shutdown()

@@ -17,6 +17,14 @@ BIN = Path(sys.executable).parent
 CLUSTER_MARKER = "LIFT_RAY_TEST_RAY_CLUSTER"  # in the environment of every process of one LocalRay
 
 
+def make_auth_env(directory: str) -> dict[str, str]:
+    """Token auth with a fresh token of our own, written to ``directory``: the same behaviour whether or
+    not ~/.ray/auth_token exists (a local `ray.init()` writes one), and clients must really present it."""
+    token_path = Path(directory) / "auth_token"
+    token_path.write_text(secrets.token_hex(32))
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -26,18 +34,14 @@ def free_port() -> int:
 class LocalRay:
     """``ray start --head`` in a private temp dir; ``stop()`` takes it down with everything it started."""
 
-    def __init__(self, num_cpus: int = 4):
+    def __init__(self, num_cpus: int = 4, auth_env: dict[str, str] | None = None):
         self.port, self.dashboard_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         # A short path: Ray's unix sockets must fit in 107 bytes.
         self.temp_dir = tempfile.mkdtemp(prefix="lrray-", dir="/tmp")
-        # Token auth on, with a token of our own: the same behaviour whether or not ~/.ray/auth_token
-        # exists (a local `ray.init()` writes one), and clients must really present it.
-        self.token = secrets.token_hex(32)
-        token_path = Path(self.temp_dir) / "auth_token"
-        token_path.write_text(self.token)
-        self.auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+        self.auth_env = auth_env or make_auth_env(self.temp_dir)
+        self.token = Path(self.auth_env["RAY_AUTH_TOKEN_PATH"]).read_text()
         self.env = {
             **os.environ,
             **self.auth_env,

@@ -244,7 +244,8 @@ def test_niah_progress_covers_the_grid(engine, tmp_path):
     from lift_ray import niah
 
     events = []
-    settings = niah.NiahSettings([niah.Needle(niah.DEFAULT_NEEDLE, niah.DEFAULT_ANSWER)], niah.DEFAULT_QUESTION, ["icl"])
+    # lift+icl needs an adapter, so each cell trains and its steps are reported (icl alone trains nothing)
+    settings = niah.NiahSettings([niah.Needle(niah.DEFAULT_NEEDLE, niah.DEFAULT_ANSWER)], niah.DEFAULT_QUESTION, ["icl", "lift+icl"])
     haystack = niah.Haystack.from_text(DOCUMENT * 3, "doc")
     niah.run_grid(engine, haystack, [64], [0, 100], settings, tmp_path / "out", progress=False,
                   on_progress=lambda f, m: events.append((f, m)))
