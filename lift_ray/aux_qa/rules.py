@@ -545,6 +545,16 @@ def cloze(sentence: str, answer: str, subject: str | None = None) -> str | None:
 # --- the generator ------------------------------------------------------------------------------------
 
 
+def _field_end(kv, doc) -> int:
+    """Where a "key: value" line's key ends in its parsed text when the key names a field; -1 when
+    there is no key or it has a verb (a clause states facts: "Bell tower finished: 1645")."""
+    field = kv.group("key").strip() if kv else ""
+    span = doc.char_span(0, len(field), alignment_mode="expand") if field and doc.text.startswith(field) else None
+    if span is None or any(t.pos_ in ("VERB", "AUX") for t in span):
+        return -1
+    return span.end_char
+
+
 def _clean_answer(answer: str) -> str:
     return answer.strip().rstrip(".,;:")
 
@@ -611,11 +621,7 @@ class RuleQAGenerator:
         strong: set[str] = set()
         reverse = None
         kv = _KEY_VALUE.match(_BULLET.sub("", sentence.strip()))
-        key_end = -1  # where a "key: value" line's key ends in the parsed text, when the key names a field
-        if kv and kv.group("key").strip() and doc.text.startswith(kv.group("key").strip()):
-            key = doc.char_span(0, len(kv.group("key").strip()), alignment_mode="expand")
-            if key is not None and not any(t.pos_ in ("VERB", "AUX") for t in key):  # a clause states facts
-                key_end = key.end_char
+        key_end = _field_end(kv, doc)
         if kv and len(kv.group("value").split()) <= MAX_ANSWER_WORDS:
             key, value = kv.group("key").strip(), kv.group("value").strip().rstrip(".;")
             strong.add(value)
