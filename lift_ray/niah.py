@@ -34,7 +34,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from lift_ray.aux_qa import split_paragraphs
+from lift_ray.aux_qa import generator_revision, split_paragraphs
 from lift_ray.config import cache_dir
 from lift_ray.evaluate.metrics import is_correct, normalize_answer
 from lift_ray.modes import COMPARE_MODES, MODE_TITLES, ModeError, parse_modes, uses_adapter
@@ -411,6 +411,7 @@ def run_key(settings: NiahSettings, haystack: Haystack, engine) -> dict:
         "model": {"id": engine.loaded.model_id, "weights_hash": engine.loaded.weights_hash},
         "context_window": cfg.segments.context_window,
         "training_hash": cfg.training_hash(),
+        "qa_generator": generator_revision(cfg.aux_qa),
         "inference": cfg.inference.model_dump(mode="json", exclude={"mode"}),
     }
     return json.loads(json.dumps(key))  # as it reads back from run.json (tuples become lists)

@@ -155,9 +155,16 @@ def variant_id(cfg, model_id: str, weights_hash: str) -> str:
     """The adapter variant a resolved config trains on a base model: ``<kind>-<12 hex>``.
 
     The one place that says what makes two adapters of a document different (adapter kind, base
-    model and its weights, every training setting), used by absorb, bulk and NIAH alike.
+    model and its weights, every training setting, the QA generator's code revision), used by
+    absorb, bulk and NIAH alike.
     """
-    key = json.dumps([cfg.adapter.kind, model_id, weights_hash, cfg.training_hash()])
+    from lift_ray.aux_qa import generator_revision  # lazy: the store itself needs no torch
+
+    key = [cfg.adapter.kind, model_id, weights_hash, cfg.training_hash()]
+    revision = generator_revision(cfg.aux_qa)
+    if revision is not None:  # generator none: the variant of adapters absorbed before revisions counted
+        key.append(revision)
+    key = json.dumps(key)
     return f"{cfg.adapter.kind}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 

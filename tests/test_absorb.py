@@ -48,6 +48,20 @@ def test_qa_pairs_trained_in_every_view(tiny_loaded, tiny_config):
     assert m2.num_samples - m1.num_samples == 2 * m1.num_qa_pairs
 
 
+def test_a_new_generator_revision_trains_again_instead_of_reusing_the_adapter(tiny_loaded, tiny_config, monkeypatch):
+    """Rules that changed write other pairs: an adapter trained on the old ones is not the same variant."""
+    from lift_ray.aux_qa import RuleQAGenerator
+
+    cfg = _cfg(tiny_config, aux_qa={"generator": "rules", "stage1_epochs": 0, "stage2_epochs": 1}, train={"early_stop": False})
+    store = AdapterStore(cfg.store.uri)
+    old = absorb_document(tiny_loaded, LONG_TEXT, cfg, store, progress=False)
+    assert absorb_document(tiny_loaded, LONG_TEXT, cfg, store, progress=False).status == "already_absorbed"
+    monkeypatch.setattr(RuleQAGenerator, "VERSION", RuleQAGenerator.VERSION + 1)
+    new = absorb_document(tiny_loaded, LONG_TEXT, cfg, store, progress=False)
+    assert new.status == "absorbed" and new.variant != old.variant
+    assert sorted(store.variants(old.doc_id)) == sorted([old.variant, new.variant])
+
+
 def test_the_manifest_records_every_check_and_why_training_stopped(tiny_loaded, tiny_config):
     """The stop rule's checks (one per epoch from min_epochs) are kept in the manifest."""
     cfg = _cfg(tiny_config, aux_qa={"generator": "rules", "stage1_epochs": 1, "stage2_epochs": 3},

@@ -37,8 +37,19 @@ __all__ = [
     "CACHE_VERSION", "AuxQAError", "LLMQAGenerator", "QAGenerator", "QAPair", "QAReport", "RuleQAGenerator",
     "answer_supported", "generate_pairs", "generate_report", "locate_evidence", "make_generator",
     "normalize_question", "parse_json_lines", "parse_report", "qa_samples", "split_paragraphs", "split_sentences",
-    "spread", "verify", "verify_pairs",
+    "generator_revision", "spread", "verify", "verify_pairs",
 ]
+
+
+def generator_revision(cfg) -> str | None:
+    """The code revision of the generator an AuxQAConfig names (None for ``none`` or an unresolved config).
+
+    A config names a generator and its settings, not its rules or prompt; pairs change when those
+    do, so adapter variants and result keys include this (an adapter trained on an older
+    generator's pairs is trained again, not reused).
+    """
+    generator = {None: None, "none": None, "rules": RuleQAGenerator, "llm": LLMQAGenerator}[cfg.generator]
+    return generator.revision() if generator is not None else None
 
 
 def make_generator(cfg, *, loaded=None) -> QAGenerator | None:

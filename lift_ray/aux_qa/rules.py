@@ -577,6 +577,11 @@ class RuleQAGenerator:
         self.max_pairs_per_sentence = max_pairs_per_sentence
         self.questions_per_fact = questions_per_fact
 
+    @classmethod
+    def revision(cls) -> str:
+        """The rules' version and parser (what a config cannot say), for adapter variants."""
+        return f"{cls.kind}-{cls.VERSION}-{SPACY_PACKAGE}"
+
     def settings(self) -> dict:
         return {"version": self.VERSION, "parser": SPACY_PACKAGE, "max_pairs": self.max_pairs,
                 "max_pairs_per_sentence": self.max_pairs_per_sentence, "questions_per_fact": self.questions_per_fact}

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lift_ray.aux_qa import generator_revision
 from lift_ray.evaluate.data import EvalDocument, EvalError, evidence_spans, locate, view_char_ranges
 from lift_ray.evaluate.metrics import LLMJudge, score_answer
 from lift_ray.modes import MODES, ModeError, parse_modes, uses_adapter
@@ -48,6 +49,7 @@ def run_settings(engine, docs: Sequence[EvalDocument], modes: Sequence[str], jud
         "model": engine.loaded.model_id,
         "weights_hash": engine.loaded.weights_hash,
         "training": cfg.training_hash(),
+        "qa_generator": generator_revision(cfg.aux_qa),
         "context_window": cfg.segments.context_window,
         "inference": cfg.inference.model_dump(mode="json", exclude={"mode"}),
         "judge": judge.identity() if judge else None,
