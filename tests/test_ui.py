@@ -263,6 +263,9 @@ def test_niah_grid_through_the_api(app, tmp_path):
         "64", "50", "The vault code is 4417.", "What is the vault code?", "4417", 32, DOCUMENT * 3, api_name="/niah"
     )
     assert Path(image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # An update: the cells and column widths that give each mode a share of the page.
+    assert len(table["column_widths"]) == len(table["value"]["headers"])
+    table = table["value"]
     assert table["headers"][:3] == ["tokens", "depth asked → got", "needle vs window"]
     assert table["headers"][3:] == ["ICL", "LIFT+ICL", "LIFT"] and len(table["data"]) == 1
     assert "**ICL**" in summary and "W = 32" in summary
@@ -274,9 +277,14 @@ def test_niah_shows_the_shipped_grid_and_loads_results(app, tmp_path):
     demo, client, port = app
     heatmap = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "niah-heatmap")
     assert heatmap.value and heatmap.value["path"].endswith(".png")  # shown at once, nothing run
+    # Every mode's column gets a share of the page (five answer columns ran off to the right).
+    cells_table = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "niah-table")
+    headers = cells_table.value["headers"]
+    assert len(headers) == 3 + 5 and len(cells_table.column_widths) == len(headers)
+    assert sum(float(w.rstrip("%")) for w in cells_table.column_widths) <= 100 + 1e-6
     shipped = json.loads((REPO / "docs" / "niah" / "results.json").read_text(encoding="utf-8"))
     image, table, summary = client.predict(handle_file(str(REPO / "docs" / "niah" / "results.json")), api_name="/load_niah")
-    assert len(table["data"]) == len(shipped["cells"]) and Path(image).is_file()
+    assert len(table["value"]["data"]) == len(shipped["cells"]) and Path(image).is_file()
     assert "LIFT+ICL" in summary
     bad = tmp_path / "bad.json"
     bad.write_text('{"cells": 3}', encoding="utf-8")

@@ -22,7 +22,7 @@ from lift_ray.store import doc_id_for
 
 from ui.backends import Backend, BackendError, NiahRequest
 from ui.inputs import DEFAULT_UPLOAD_LIMIT_BYTES, UPLOAD_SUFFIXES, read_upload
-from ui.view import document_html, niah_rows, niah_summary_markdown, usage_markdown
+from ui.view import document_html, niah_column_widths, niah_rows, niah_summary_markdown, usage_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_NIAH = REPO / "docs" / "niah" / "results.json"
@@ -86,7 +86,8 @@ def _niah_outputs(results: dict, workdir: Path):
     plot_heatmaps(cells, lengths, depths, modes, png, title=title)
     import pandas as pd
 
-    return str(png), pd.DataFrame(rows, columns=headers), niah_summary_markdown(results)
+    table = gr.Dataframe(pd.DataFrame(rows, columns=headers), column_widths=niah_column_widths(headers))
+    return str(png), table, niah_summary_markdown(results)
 
 
 def build_app(
@@ -282,7 +283,8 @@ def build_app(
                     results_file = gr.File(label="…or load a results.json", file_types=[".json"], type="filepath")
                 heatmap = gr.Image(shipped[0] if shipped else None, label="Heatmaps", type="filepath", elem_id="niah-heatmap")
                 niah_summary = gr.Markdown(shipped[2] if shipped else "", elem_id="niah-summary")
-                niah_table = gr.Dataframe(shipped[1] if shipped else None, interactive=False, wrap=True, label="Cells", elem_id="niah-table")
+                niah_table = gr.Dataframe(shipped[1].value if shipped else None, interactive=False, wrap=True, label="Cells", elem_id="niah-table",
+                                          column_widths=shipped[1].column_widths if shipped else None)
 
         # --- events ----------------------------------------------------------------------------
         upload.upload(read_file, inputs=upload, outputs=[doc_text, doc_title], api_name="read_file")

@@ -101,6 +101,13 @@ def niah_rows(results: dict) -> tuple[list[str], list[list]]:
     return headers, rows
 
 
+def niah_column_widths(headers: list[str]) -> list[str]:
+    """Narrow cell-description columns, the answer columns share the rest (five modes fit the page)."""
+    fixed = ["6%", "9%", "8%"]
+    share = (100 - 23) / max(1, len(headers) - len(fixed))
+    return fixed[: len(headers)] + [f"{share:.1f}%"] * (len(headers) - len(fixed))
+
+
 def niah_summary_markdown(results: dict) -> str:
     summary = results.get("summary") or {}
     lines = []
