@@ -56,17 +56,20 @@ class LLMQAGenerator:
         self.max_pairs = max_pairs
         self.max_tokens = max_tokens
 
+    @staticmethod
+    def prompt_hash() -> str:
+        return hashlib.sha256((LLM_SYSTEM + LLM_PROMPT).encode()).hexdigest()[:12]
+
     @classmethod
     def revision(cls) -> str:
         """The generator's own code and prompt (what a config cannot say), for adapter variants."""
-        prompt_hash = hashlib.sha256((LLM_SYSTEM + LLM_PROMPT).encode()).hexdigest()[:12]
-        return f"{cls.kind}-{cls.VERSION}-{prompt_hash}"
+        return f"{cls.kind}-{cls.VERSION}-{cls.prompt_hash()}"
 
     def settings(self) -> dict:
         return {
             "version": self.VERSION,
             "backend": self.backend.identity(),
-            "prompt": self.revision().rsplit("-", 1)[1],
+            "prompt": self.prompt_hash(),
             "sentences_per_window": self.sentences_per_window,
             "pairs_per_window": self.pairs_per_window,
             "max_pairs": self.max_pairs,
