@@ -103,9 +103,10 @@ def niah_rows(results: dict) -> tuple[list[str], list[list]]:
 
 def niah_column_widths(headers: list[str]) -> list[str]:
     """Narrow cell-description columns, the answer columns share the rest (five modes fit the page)."""
-    fixed = ["6%", "9%", "8%"]
-    share = (100 - 23) / max(1, len(headers) - len(fixed))
-    return fixed[: len(headers)] + [f"{share:.1f}%"] * (len(headers) - len(fixed))
+    fixed = [6, 9, 8]  # tokens, depth asked → got, needle vs window
+    answers = len(headers) - len(fixed)
+    share = (100 - sum(fixed)) / max(1, answers)
+    return [f"{w}%" for w in fixed[: len(headers)]] + [f"{share:.1f}%"] * answers
 
 
 def niah_summary_markdown(results: dict) -> str:
