@@ -220,6 +220,36 @@ def test_rules_name_the_subject_of_pronouns_and_table_rows():
     assert not [p for p in kept if p.question.split()[1:2] == ["she"] or " its " in p.question]
 
 
+
+def test_rules_keep_the_person_across_paragraphs_and_a_surname_is_that_person():
+    """A biography says "she" at the start of a paragraph and "Ilves" alone: both are the person named
+    first, not the last place or person the previous sentence happened to mention."""
+    text = (
+        "Dorothea Varnik was a bell founder in the river town of Ostrel. She learnt the trade from her uncle.\n\n"
+        "In 1908 she married the clockmaker Peeter Lind, whom she had met at a fair.\n\n"
+        "Varnik buried the moulds in a barn near Kuressaare during the war.\n\n"
+        "She died in 1961 at the age of eighty."
+    )
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("Who did Dorothea Varnik marry in 1908?", "Peeter Lind") in qa, qa
+    assert any(q.startswith("When did Dorothea Varnik die") and a == "1961" for q, a in qa), qa
+    assert any(q.startswith("What did Dorothea Varnik bury") for q, _ in qa), qa
+    assert not [q for q, _ in qa if "Kuressaare die" in q or "Peeter Lind die" in q or "varnik" in q], qa
+
+
+def test_rules_ask_amounts_of_time_how_long_and_labels_what():
+    """ "takes one full day" is a duration, "bus number 41" a label (the number follows its noun), "the
+    summer raffle" a raffle rather than a time, and what follows "so" is another clause."""
+    text = ("The inspection takes one full day. The night bus is number 52. "
+            "The club raised nine hundred pounds, mostly from the summer raffle. "
+            "Seats are scarce, so register early through the office.")
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("How long does the inspection take?", "one full day") in qa, qa
+    assert not [q for q, a in qa if q.startswith("How many number") or (q.startswith("When") and "raffle" in a)], qa
+    assert not [a for _, a in qa if a == "register"], qa
+
 def test_one_line_records_are_facts_and_numbered_labels_are_headings():
     """A register of "key: value" lines, one per paragraph: each line is a record asked by its key."""
     text = ("Ledger of Hollin Vale\n\nChief ferryman: Osk Pellam\n\nNote: The ferry does not run in fog.\n\n"

@@ -223,9 +223,12 @@ class _Clause:
         self.antecedent = antecedent  # what a relative pronoun ("that", "whose") in the subject stands for
         self.auxes = [c for c in verb.children if c.dep_ in _AUXES and c.i < verb.i]
         self.negs = [c for c in verb.children if c.dep_ == "neg"]
+        # what follows a conjunction on the verb is another clause, however the parser attached its words
+        # ("Places are limited, so book early ...": "book" is no complement of "are")
+        end = min((c.i for c in verb.children if c.dep_ == "cc" and c.i > verb.i), default=len(verb.doc))
         self.parts = [
             c for c in verb.children
-            if c is not subject and c.dep_ not in _AUXES | _CLAUSE_BREAKS | {"neg"} and c.dep_ not in _SUBJECTS
+            if c is not subject and c.i < end and c.dep_ not in _AUXES | _CLAUSE_BREAKS | {"neg"} and c.dep_ not in _SUBJECTS
         ]
         self.ctx = ctx
 
@@ -325,6 +328,8 @@ def _resolved(subject, ctx: _Context, antecedent: str | None = None) -> str | No
         return antecedent
     if subject.pos_ == "PRON":
         return _pronoun_antecedent(subject.lower_, ctx)
+    if len(tokens) == 1 and subject.pos_ != "PRON" and _same_person(subject, ctx):
+        return ctx.person  # "Ilves hid ..." asked about "Margarethe Ilves"
     poss = [t for t in tokens if t.dep_ == "poss" and (t.pos_ == "PRON" or t.tag_ in _RELATIVE)]
     if not poss:
         return _text(tokens)
@@ -334,6 +339,14 @@ def _resolved(subject, ctx: _Context, antecedent: str | None = None) -> str | No
     k = tokens.index(poss[0])
     rest = _text(tokens[k + 1 :])
     return " ".join(w for w in (_text(tokens[:k]), "the", rest, "of", owner) if w)
+
+
+def _same_person(token, ctx: _Context) -> bool:
+    """``token`` names the person the text is about: "she"/"he", or a word of their name ("Ilves")."""
+    if not ctx.person:
+        return False
+    named = token.text[:1].isupper() and token.ent_type_ in ("", "PERSON") and token.text in ctx.person.split()
+    return token.lower_ in ("he", "she") or named
 
 
 def _pronoun_antecedent(pronoun: str, ctx: _Context) -> str | None:
@@ -395,8 +408,10 @@ def _wh(fact, part, label: str) -> tuple[str, str]:
     counted = _counted(fact)
     if counted is not None and counted.ent_type_ not in _TEMPORAL:  # "twelve furnaces", "7421 gold coins"
         return f"How many {counted.text}", prep
-    if label in _TEMPORAL and part.dep_ != "attr":  # "the key number is 4187" states what, not when
-        duration = counted is not None and counted.tag_ == "NNS"  # "eleven years", not "the spring of 1598"
+    # "the key number is 4187" states what, not when; "the summer raffle" is a raffle, not a time
+    if label in _TEMPORAL and part.dep_ != "attr" and fact.root.ent_type_ in _TEMPORAL:
+        # "eleven years", "takes one full day": an amount of time, not a point in it ("the spring of 1598", "by eight o'clock")
+        duration = counted is not None and (counted.tag_ == "NNS" or part.dep_ in ("dobj", "npadvmod"))
         return ("How long", "") if duration else ("When", "")
     if prep and label in _PLACES:
         return "Where", ""
@@ -415,7 +430,8 @@ def _question(text: str) -> str:
 def _counted(fact):
     """The noun a number counts ("twelve furnaces" → furnaces), inside the fact or right after it; else None."""
     for tok in fact:
-        if tok.dep_ == "nummod" and tok.head.pos_ == "NOUN" and (fact.start <= tok.head.i <= fact.end):
+        # a number before its noun counts it; after it, the number labels it ("bus number 41": what number?)
+        if tok.dep_ == "nummod" and tok.head.pos_ == "NOUN" and tok.i < tok.head.i and (fact.start <= tok.head.i <= fact.end):
             return tok.head
     return None
 
@@ -570,7 +586,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 14  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 15  # bump when the rules change, so cached pairs are regenerated
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
         self.max_pairs = max_pairs
@@ -600,9 +616,10 @@ class RuleQAGenerator:
         docs = list(nlp.pipe([_parse_text(s) for s in flat]))
         speaker = next((e.text for e in docs[0].ents if e.label_ == "PERSON"), None)  # "An interview with X"
         pairs: list[QAPair] = []
-        index, heading, asked, asked_at = 0, None, None, -99
+        index, heading, asked, asked_at, person = 0, None, None, -99, None
         for para in paragraphs:
-            ctx = _Context(topic=heading, person=None, speaker=speaker, heading=heading, record=None)
+            # "she" opening a paragraph is still the person the text is about (a biography, a story)
+            ctx = _Context(topic=heading, person=person, speaker=speaker, heading=heading, record=None)
             for sentence in para:
                 doc = docs[index]
                 if _is_heading(sentence, para):
@@ -613,6 +630,7 @@ class RuleQAGenerator:
                 if sentence.rstrip().endswith("?"):
                     asked, asked_at = sentence.strip(), index
                 index += 1
+            person = ctx.person
         return _drop_conflicts(pairs)
 
     def sentence_pairs(self, sentence: str, doc, index: int, ctx: _Context, asked: str | None = None) -> list[QAPair]:
@@ -660,12 +678,17 @@ class RuleQAGenerator:
                 if resolved and _label(doc[subj.left_edge.i : subj.right_edge.i + 1]) not in _PERSONAL:
                     ctx.topic = resolved
             elif sent.root.pos_ in ("NOUN", "PROPN"):  # a fragment ("A chandelier for the hall.") names what "it" is next
-                ctx.topic = _text([t for t in sent.root.subtree if t.i <= sent.root.i and not t.is_punct]) or ctx.topic
-            people = [e.text for e in sent.ents if e.label_ == "PERSON"]
+                # from after the last comma before the noun: "Second, the pumping station" is about the station
+                start = max([t.i + 1 for t in sent.root.subtree if t.is_punct and t.i < sent.root.i], default=sent.start)
+                ctx.topic = _text([t for t in sent.root.subtree if start <= t.i <= sent.root.i and not t.is_punct]) or ctx.topic
+            people = [e for e in sent.ents if e.label_ == "PERSON"]
             # the recogniser misses made-up names: a proper name that is no place or organisation may be "he"/"she"
-            names = [f.text for f in facts if all(t.pos_ == "PROPN" for t in f) and _label(f) not in _PLACES]
-            if people or names:
-                ctx.person = (people or names)[-1]
+            names = [f for f in facts if all(t.pos_ == "PROPN" for t in f) and _label(f) not in _PLACES]
+            if (people or names) and not (subj is not None and _same_person(subj, ctx)):
+                # a person named as the subject is who the next "she" means; a sentence whose subject already
+                # is that person ("she married Anton Sepp", "Ilves hid the plates in Haapsalu") stays about them
+                in_subject = [n for n in people + names if subj is not None and n.start <= subj.i < n.end]
+                ctx.person = (in_subject[0] if in_subject else (people or names)[-1]).text
         # a cloze for every fact: the direction that always exists
         for fact in facts_all:
             if (q := cloze(sentence, fact.text, hint)) is not None:
