@@ -250,6 +250,21 @@ def test_rules_ask_amounts_of_time_how_long_and_labels_what():
     assert not [q for q, a in qa if q.startswith("How many number") or (q.startswith("When") and "raffle" in a)], qa
     assert not [a for _, a in qa if a == "register"], qa
 
+
+def test_rules_ask_an_appositive_name_through_its_noun_and_read_semicolons_as_stops():
+    text = ("The museum's chief restorer, Ilse Marrow, said the work would take a year. "
+            "They crossed the bay on a rented fishing boat, the Saltwren, in the fog. "
+            "The override code for the alarm is 7730; staff must not share it. "
+            "The valley (Norn: Dalrik; Old Norse: Dalr) is 40 kilometres (25 mi) long.")
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("Who is the museum's chief restorer?", "Ilse Marrow") in qa, qa
+    assert ("What is the name of the rented fishing boat?", "Saltwren") in qa, qa
+    assert ("What is the override code for the alarm?", "7730") in qa, qa
+    assert not [q for q, _ in qa if q in ("What said?", "Who said?")], qa
+    # a bracketed aside is no name of the noun before it, and a semicolon inside brackets splits nothing
+    assert not [q for q, a in qa if "name of" in q and a in ("Dalrik", "Old Norse: Dalr", "25 mi")], qa
+
 def test_one_line_records_are_facts_and_numbered_labels_are_headings():
     """A register of "key: value" lines, one per paragraph: each line is a record asked by its key."""
     text = ("Ledger of Hollin Vale\n\nChief ferryman: Osk Pellam\n\nNote: The ferry does not run in fog.\n\n"

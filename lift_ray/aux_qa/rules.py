@@ -195,11 +195,22 @@ class _Context:
 
 def _parse_text(sentence: str) -> str:
     """What the parser reads: no list bullet, no speaker or field label before a full sentence ("A: I was ...")."""
-    body = _BULLET.sub("", sentence.strip())
+    body = _top_level_semicolons_to_stops(_BULLET.sub("", sentence.strip()))
     m = re.match(r"^([^\s:]{1,20}(?: [^\s:]{1,20}){0,2}):\s+(.+)$", body)
     if m and len(m.group(2).split()) >= 3:
         return m.group(2)
     return body
+
+
+def _top_level_semicolons_to_stops(text: str) -> str:
+    """A semicolon outside brackets joins two statements; parsed as one sentence, the first becomes a
+    complement of the second's verb, so the parser reads a full stop there (same length: offsets hold).
+    Inside brackets ("(Norman: Nourmands; French: Normands)") it separates list items and stays."""
+    out, depth = [], 0
+    for i, ch in enumerate(text):
+        depth += (ch in "([{") - (ch in ")]}")
+        out.append("." if ch == ";" and depth <= 0 and text[i + 1 : i + 2].isspace() else ch)
+    return "".join(out)
 
 
 def _is_heading(sentence: str, paragraph: list[str]) -> bool:
@@ -499,6 +510,44 @@ def _naming_question(noun, clause: _Clause, part) -> str | None:
     return _question(f"What is the name of the {_text(words)} that {rest}")
 
 
+def _in_brackets(span) -> bool:
+    """``span`` stands inside brackets of its sentence (an aside: "(1869–1909)", "(160 mi)")."""
+    before = span.doc[span.sent.start : span.start].text
+    return before.count("(") + before.count("[") > before.count(")") + before.count("]")
+
+
+def _appositive_pairs(facts: list) -> list[tuple[str, str, str]]:
+    """A name set beside the noun it names ("the council's head of planning, Priya Natarajan", "a
+    borrowed sailing boat, the Kajakas") asked through that noun: "Who is the council's head of
+    planning?", "What is the name of the borrowed sailing boat?"."""
+    out = []
+    for fact in facts:
+        noun, doc = fact.root.head, fact.doc
+        if fact.root.dep_ != "appos" or noun.pos_ != "NOUN" or noun.i > fact.start or not any(t.pos_ == "PROPN" for t in fact):
+            continue
+        if any(c.dep_ == "nummod" for c in noun.children) or _in_brackets(fact) or doc[fact.start - 1].text in ":;":
+            continue  # "260 kilometres (160 mi)", "(Latin: Normanni)": another unit or language, not a name
+        words = []
+        for t in doc[noun.left_edge.i : fact.start]:
+            if t.is_punct and t.i > noun.i:
+                break  # "the head of planning, Priya Natarajan" ends at its comma
+            words.append(t)
+        while words and words[-1].i > noun.i and (words[-1].dep_ in ("det", "cc") or words[-1].is_punct):
+            words.pop()
+        if not words or len(words) > MAX_ANSWER_WORDS or any(t.pos_ == "PRON" for t in words):
+            continue  # "their spokesman": whose is left to the cloze
+        determined = words[0].dep_ == "det"
+        words = words[1:] if determined else words
+        phrase = "the " + _text(words) if determined or words[0].pos_ != "PROPN" else _text(words)
+        if noun.lemma_ == "name":  # "the English name, Normans"
+            out.append((_question(f"What is {phrase}"), fact.text, "name"))
+        elif _label(fact) == "PERSON":
+            out.append((_question(f"Who is {phrase}"), fact.text, "name"))
+        else:
+            out.append((_question(f"What is the name of {phrase}"), fact.text, "name"))
+    return out
+
+
 def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
     """(question, answer, direction) for each fact of the clause that a wh-question can reach."""
     out = []
@@ -514,8 +563,9 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
                 if owned:
                     out.append((_question(f"Whose {owned} {clause.declarative_tail()}"), fact.text, "owner"))
                 continue
-            # subject side: the fact must be (or name) the subject's head
-            if not _reaches(fact, subj):
+            # subject side: the fact must be (or name) the subject's head, and the clause must say something
+            # besides its verb ("What said?" asks nothing once the reported speech is cut off)
+            if not _reaches(fact, subj) or not clause.parts or _in_brackets(fact):
                 continue
             wh = "Who" if label in _PERSONAL else "What"
             if (counted := _counted(fact)) is not None and counted.ent_type_ not in _TEMPORAL:
@@ -668,6 +718,8 @@ class RuleQAGenerator:
             facts = [f for f in fact_spans(sent) if f.end_char > key_end]
             facts_all += facts
             clauses = list(_clauses(sent, ctx))
+            if not kv:  # a record's value is asked by its key already
+                candidates += _appositive_pairs(facts)
             for clause in clauses:
                 candidates += clause_pairs(clause, facts)
             if hint is None and (not clauses or clauses[0].subject is None) and ctx.heading:
