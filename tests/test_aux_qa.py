@@ -265,6 +265,18 @@ def test_rules_ask_an_appositive_name_through_its_noun_and_read_semicolons_as_st
     # a bracketed aside is no name of the noun before it, and a semicolon inside brackets splits nothing
     assert not [q for q, a in qa if "name of" in q and a in ("Dalrik", "Old Norse: Dalr", "25 mi")], qa
 
+
+def test_an_appositive_comes_after_the_clauses_own_questions_and_never_names_with_a_description():
+    """The agent of a passive keeps its question ("Who was the bridge opened by?") when its name is
+    also an appositive; "a grey tom called Pepperkorn" is named by the participle, so "grey tom" is
+    never the answer to "What is the name of the ferry cat?"."""
+    text = ("The bridge was opened in 1911 by the engineer Halvard Moss. "
+            "The ferry cat, a grey tom called Pepperkorn, sleeps on the boiler most afternoons.")
+    _, kept, _ = _pairs(text)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("Who was the bridge opened in 1911 by?", "Halvard Moss") in qa or ("Who opened the bridge in 1911?", "Halvard Moss") in qa, qa
+    assert not [q for q, a in qa if a == "grey tom" and "name" in q], qa
+
 def test_one_line_records_are_facts_and_numbered_labels_are_headings():
     """A register of "key: value" lines, one per paragraph: each line is a record asked by its key."""
     text = ("Ledger of Hollin Vale\n\nChief ferryman: Osk Pellam\n\nNote: The ferry does not run in fog.\n\n"

@@ -523,8 +523,10 @@ def _appositive_pairs(facts: list) -> list[tuple[str, str, str]]:
     out = []
     for fact in facts:
         noun, doc = fact.root.head, fact.doc
-        if fact.root.dep_ != "appos" or noun.pos_ != "NOUN" or noun.i > fact.start or not any(t.pos_ == "PROPN" for t in fact):
+        if fact.root.dep_ != "appos" or noun.pos_ != "NOUN" or noun.i > fact.start:
             continue
+        if not any(t.pos_ == "PROPN" and t.text[:1].isupper() for t in fact) or any(c.dep_ == "acl" for c in fact.root.children):
+            continue  # "a grey tom called Pepperkorn": the participle gives the name (see _named), not "grey tom"
         if any(c.dep_ == "nummod" for c in noun.children) or _in_brackets(fact) or doc[fact.start - 1].text in ":;":
             continue  # "260 kilometres (160 mi)", "(Latin: Normanni)": another unit or language, not a name
         words = []
@@ -718,10 +720,10 @@ class RuleQAGenerator:
             facts = [f for f in fact_spans(sent) if f.end_char > key_end]
             facts_all += facts
             clauses = list(_clauses(sent, ctx))
-            if not kv:  # a record's value is asked by its key already
-                candidates += _appositive_pairs(facts)
             for clause in clauses:
                 candidates += clause_pairs(clause, facts)
+            if not kv:  # after the clause's own directions ("Who was the museum opened by?"); a record's key asks its value
+                candidates += _appositive_pairs(facts)
             if hint is None and (not clauses or clauses[0].subject is None) and ctx.heading:
                 hint = ctx.heading  # an instruction or a list item: the section says what it is about
             subj = next((c for c in sent.root.children if c.dep_ in _SUBJECTS), None)
