@@ -220,7 +220,6 @@ def test_rules_name_the_subject_of_pronouns_and_table_rows():
     assert not [p for p in kept if p.question.split()[1:2] == ["she"] or " its " in p.question]
 
 
-
 def test_rules_keep_the_person_across_paragraphs_and_a_surname_is_that_person():
     """A biography says "she" at the start of a paragraph and "Ilves" alone: both are the person named
     first, not the last place or person the previous sentence happened to mention."""
@@ -276,6 +275,7 @@ def test_an_appositive_comes_after_the_clauses_own_questions_and_never_names_wit
     qa = {(p.question, p.answer) for p in kept}
     assert ("Who was the bridge opened in 1911 by?", "Halvard Moss") in qa or ("Who opened the bridge in 1911?", "Halvard Moss") in qa, qa
     assert not [q for q, a in qa if a == "grey tom" and "name" in q], qa
+
 
 def test_one_line_records_are_facts_and_numbered_labels_are_headings():
     """A register of "key: value" lines, one per paragraph: each line is a record asked by its key."""

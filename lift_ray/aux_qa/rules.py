@@ -339,7 +339,7 @@ def _resolved(subject, ctx: _Context, antecedent: str | None = None) -> str | No
         return antecedent
     if subject.pos_ == "PRON":
         return _pronoun_antecedent(subject.lower_, ctx)
-    if len(tokens) == 1 and subject.pos_ != "PRON" and _same_person(subject, ctx):
+    if len(tokens) == 1 and _same_person(subject, ctx):
         return ctx.person  # "Ilves hid ..." asked about "Margarethe Ilves"
     poss = [t for t in tokens if t.dep_ == "poss" and (t.pos_ == "PRON" or t.tag_ in _RELATIVE)]
     if not poss:
@@ -741,7 +741,7 @@ class RuleQAGenerator:
             if (people or names) and not (subj is not None and _same_person(subj, ctx)):
                 # a person named as the subject is who the next "she" means; a sentence whose subject already
                 # is that person ("she married Anton Sepp", "Ilves hid the plates in Haapsalu") stays about them
-                in_subject = [n for n in people + names if subj is not None and n.start <= subj.i < n.end]
+                in_subject = [n for n in people + names if n.start <= subj.i < n.end] if subj is not None else []
                 ctx.person = (in_subject[0] if in_subject else (people or names)[-1]).text
         # a cloze for every fact: the direction that always exists
         for fact in facts_all:
