@@ -135,3 +135,57 @@ def test_unknown_kind_is_refused(tiny_loaded):
 
     with pytest.raises(AdapterError, match="unknown adapter kind 'nope'; known: gated_memory, lora"):
         attach_adapter(tiny_loaded.model, Fake())
+
+
+TOP_HALF = LoraAdapterConfig(r=4, alpha=8, target_modules="all-linear", layer_share=0.5)
+
+
+def test_lora_layer_share_adapts_the_top_layers_and_backward_stops_below_them(tiny_loaded):
+    layers = tiny_loaded.model.model.layers
+    first = len(layers) // 2
+    handle = attach_adapter(tiny_loaded.model, TOP_HALF)
+    adapted = {int(k.split(".layers.")[1].split(".")[0]) for k in handle.state_dict()}
+    assert adapted == set(range(first, len(layers)))
+    # every linear of an adapted layer, as 'all-linear' picks them
+    assert len(handle.state_dict()) == 2 * 7 * len(adapted)
+    outputs = []
+    hooks = [layer.register_forward_hook(lambda m, i, o: outputs.append(o[0] if isinstance(o, tuple) else o)) for layer in layers]
+    handle.module.train()
+    handle.module(input_ids=IDS)
+    for hook in hooks:
+        hook.remove()
+    # autograd records nothing below the lowest adapted layer: its backward is never computed
+    assert [o.requires_grad for o in outputs] == [i >= first for i in range(len(layers))]
+    handle.module.eval()
+    tiny_loaded.model = handle.detach()
+
+
+def test_lora_layer_share_saves_and_loads_in_every_path(tiny_loaded, tmp_path):
+    from peft import PeftModel
+
+    from lift_ray.adapters.lora import BASE_ROW, LoraBank
+
+    base = _logits(tiny_loaded.model, IDS)
+    states, want = {}, {}
+    for name, cfg in (("all", CONFIGS["lora"]), ("top", TOP_HALF)):
+        handle = attach_adapter(tiny_loaded.model, cfg)
+        _perturb(handle)
+        want[name], states[name] = _logits(handle.module, IDS), handle.state_dict()
+        handle.save(tmp_path / name)
+        tiny_loaded.model = handle.detach()
+    handle = load_adapter(tiny_loaded.model, TOP_HALF, tmp_path / "top")  # absorb's reload
+    assert torch.allclose(_logits(handle.module, IDS), want["top"], atol=1e-6)
+    tiny_loaded.model = handle.detach()
+    with pytest.raises(AdapterError):  # an every-layer config does not take the top layers' weights
+        load_adapter(tiny_loaded.model, CONFIGS["lora"], tmp_path / "top")
+    bank = LoraBank(tiny_loaded.model)  # serving: both kinds resident, answered in one batch
+    bank.add("all", CONFIGS["lora"], states["all"])
+    bank.add("top", TOP_HALF, states["top"])
+    with torch.no_grad():
+        logits = bank.module(input_ids=IDS.repeat(3, 1), adapter_names=["top", "all", BASE_ROW]).logits
+    for row, expected in enumerate((want["top"], want["all"], base)):
+        assert torch.allclose(logits[row], expected[0], atol=1e-5)
+    tiny_loaded.model = bank.detach()
+    peft_model = PeftModel.from_pretrained(tiny_loaded.model, str(tmp_path / "top"))  # plain peft reads the layer list
+    assert torch.allclose(_logits(peft_model, IDS), want["top"], atol=1e-6)
+    tiny_loaded.model = peft_model.unload()

@@ -90,6 +90,19 @@ def test_training_hash_ignores_inference_settings():
     assert a.training_hash() == b.training_hash() != c.training_hash()
 
 
+def test_lora_layer_share_every_layer_keeps_the_hash_of_adapters_absorbed_before_it():
+    unset = build_config(None, {})
+    every = build_config(None, {"adapter": {"layer_share": 1.0}})
+    top = build_config(None, {"adapter": {"layer_share": 0.5}})
+    assert unset.training_hash() == every.training_hash() != top.training_hash()
+    assert unset.training_hash() == "c4bfe2b018b906e4"  # LiftConfig() before the field (tests/test_absorb.py)
+    for profile in ("small", "large"):
+        resolved = resolve_config(build_config(None, {"profile": profile}), num_params=10**8, max_positions=8192, on_cuda=False)
+        assert 0 < resolved.adapter.layer_share <= 1
+    with pytest.raises(ConfigError, match="layer_share"):
+        build_config(None, {"adapter": {"layer_share": 0}})
+
+
 def test_every_shipped_yaml_validates():
     files = sorted(REPO.glob("**/configs/*.yaml")) + sorted((REPO / "lift_ray" / "data").glob("*.yaml"))
     assert files, "no shipped configs found"

@@ -39,7 +39,7 @@ class LoraHandle:
 
         if hasattr(model, "peft_config"):
             raise AdapterError("this model already carries a peft adapter; detach it first")
-        peft_cfg = _peft_config(cfg)
+        peft_cfg = _peft_config(cfg, model)
         try:
             with warnings.catch_warnings():
                 # peft reads transformers' deprecated `is_gradient_checkpointing` property (not our call).
@@ -87,19 +87,40 @@ class LoraHandle:
         return base
 
 
-def _peft_config(cfg: LoraAdapterConfig, inference: bool = False):
+def _peft_config(cfg: LoraAdapterConfig, model: torch.nn.Module, inference: bool = False):
     from peft import LoraConfig
 
     if cfg.r is None or cfg.alpha is None or cfg.target_modules is None:
         raise AdapterError("LoRA config is not resolved (r, alpha and target_modules must be set)")
+    target_modules, layers = cfg.target_modules, None
+    if cfg.layer_share is not None and cfg.layer_share < 1.0:
+        num_layers = model.config.num_hidden_layers
+        first = num_layers - max(1, round(cfg.layer_share * num_layers))
+        layers = list(range(first, num_layers))
+        if target_modules == "all-linear":  # peft takes a layer list only with module names
+            target_modules = _linear_names(model)
     return LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=cfg.target_modules,
+        target_modules=target_modules,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
         inference_mode=inference,
     )
+
+
+def _linear_names(model: torch.nn.Module) -> list[str]:
+    """The linear layers' names, as 'all-linear' picks them (not the output head); the layer list then
+    keeps those inside the chosen decoder layers."""
+    head = model.get_output_embeddings()
+    names = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is head or ".lora_" in name:
+            continue
+        # A model already carrying adapters (the serving bank) wraps each layer: q_proj.base_layer.
+        names.add(name.removesuffix(".base_layer").rsplit(".", 1)[-1])
+    return sorted(names)
 
 
 def _unload(peft_model) -> torch.nn.Module:
@@ -144,7 +165,7 @@ class LoraBank:
         """
         from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
-        peft_cfg = _peft_config(cfg, inference=True)
+        peft_cfg = _peft_config(cfg, self.base, inference=True)
         if hasattr(self.base, "peft_config") and self.peft_model is None:
             raise AdapterError("this model already carries a peft adapter; detach it first")
         # The new adapter's tensors are created empty (meta) and take the loaded weights as they are:
