@@ -228,10 +228,12 @@ def _is_heading(sentence: str, paragraph: list[str]) -> bool:
 class _Clause:
     """A verb with its subject, auxiliaries and the other constituents, each a contiguous token range."""
 
-    def __init__(self, verb, subject, ctx: _Context, antecedent: str | None = None):
+    def __init__(self, verb, subject, ctx: _Context, antecedent: str | None = None, relative_object=None):
         self.verb = verb
         self.subject = subject  # a token (head of the subject) or None
         self.antecedent = antecedent  # what a relative pronoun ("that", "whose") in the subject stands for
+        # an object relative ("a stew, which the owner serves on Saturdays"): (the pronoun, what it stands for)
+        self.relative_object = relative_object
         self.auxes = [c for c in verb.children if c.dep_ in _AUXES and c.i < verb.i]
         self.negs = [c for c in verb.children if c.dep_ == "neg"]
         # what follows a conjunction on the verb is another clause, however the parser attached its words
@@ -249,9 +251,12 @@ class _Clause:
             return None
         return _resolved(self.subject, self.ctx, self.antecedent)
 
-    def _part_text(self, part) -> str:
-        """A constituent's words, without the comma or conjunction that ends its range."""
+    def _part_text(self, part, skip=None) -> str:
+        """A constituent's words, without the comma or conjunction that ends its range, nor the words
+        of ``skip`` where that lies inside it (a constituent of an infinitive: "plans to build ____")."""
         tokens = list(part.doc[part.left_edge.i : part.right_edge.i + 1])
+        if skip is not None:
+            tokens = [t for t in tokens if not skip.left_edge.i <= t.i <= skip.right_edge.i]
         while tokens and (tokens[-1].is_punct or tokens[-1].dep_ == "cc"):
             tokens.pop()
         return _text(tokens)
@@ -263,7 +268,10 @@ class _Clause:
         for part in self.parts:
             if part is skip:
                 continue
-            words = self._part_text(part)
+            if self.relative_object is not None and part.i == self.relative_object[0].i:
+                after.insert(0, self.relative_object[1])  # the object in its place after the verb
+                continue
+            words = self._part_text(part, skip)
             if part.i > self.verb.i:
                 after.append(words)
             elif part.i > subj_i:
@@ -390,6 +398,15 @@ def _relative_clauses(sent, ctx: _Context) -> Iterator[_Clause]:
         if subject.tag_ in _RELATIVE and verb.dep_ == "relcl" and verb.head.pos_ in ("NOUN", "PROPN"):
             yield _Clause(verb, subject, ctx, antecedent=_noun_phrase(verb.head))
             continue
+        obj = next((c for c in verb.children if c.dep_ == "dobj" and c.tag_ in _RELATIVE), None)
+        noun = verb.head
+        # the parser hangs "which" on the nearest noun; one inside a list or a modifier's phrase ("a stew
+        # cooked in juniper and red wine, which ...") is too often not what the clause is about
+        plain = noun.dep_ != "conj" and not (noun.dep_ == "pobj" and (noun.head.head.pos_ not in ("VERB", "AUX", "ADJ") or noun.head.head.dep_ == "acl"))
+        if obj is not None and verb.dep_ == "relcl" and noun.pos_ in ("NOUN", "PROPN") and subject.pos_ != "PRON" and plain:
+            # "a stew, which the owner serves only on Saturdays" → the owner serves the stew only on Saturdays
+            yield _Clause(verb, subject, ctx, relative_object=(obj, _noun_phrase(noun)))
+            continue
         whose = next((t for t in subject.subtree if t.dep_ == "poss" and t.tag_ == "WP$"), None)
         if whose is not None and whose.i > sent.start and (owner := sent.doc[whose.i - 1]).pos_ in ("NOUN", "PROPN"):
             yield _Clause(verb, subject, ctx, antecedent=_noun_phrase(owner))
@@ -487,6 +504,27 @@ def _part_of(clause: _Clause, fact):
     return None
 
 
+# A verb's infinitive or adjective complement carries constituents of its own: "plans to build a
+# bridge", "is able to move 900 litres".
+_NESTED = {"xcomp", "acomp"}
+
+
+def _nested_part(clause: _Clause, fact):
+    """The constituent of a complement chain that ``fact`` is (or names), asked through the main verb:
+    "a bridge" of "The council plans to build a bridge" → "What does the council plan to build?"."""
+    node = next((p for p in clause.parts if p.left_edge.i <= fact.start and fact.end - 1 <= p.right_edge.i), None)
+    for _ in range(3):  # "is able to move", "wants to try to reach": a short chain
+        if node is None or node.dep_ not in _NESTED:
+            return None
+        node = next((c for c in node.children if c.left_edge.i <= fact.start and fact.end - 1 <= c.right_edge.i), None)
+        if node is not None and node.dep_ in _ARGUMENTS - _NESTED and _reaches(fact, _core(node)):
+            # an object, or a name or number after a preposition; not a bare noun ("move 900 litres per
+            # second" has no "What ... per?")
+            written = any(t.pos_ in ("PROPN", "NUM") or any(ch.isdigit() for ch in t.text) for t in fact)
+            return node if node.dep_ in _COMPLEMENTS or written else None
+    return None
+
+
 def _named(fact):
     """The noun a fact is the name of ("a heron called Pimsley" → heron), else None.
 
@@ -576,7 +614,7 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
                 out.append((q, fact.text, "name"))
             out.append((_question(f"{wh} {clause.declarative_tail()}"), _answer(fact, subj, wh), "subject"))
             continue
-        part = _part_of(clause, fact)
+        part = _part_of(clause, fact) or _nested_part(clause, fact)
         if part is None:
             continue
         if (noun := _named(fact)) is not None:  # before "What does the captain keep?", which the noun answers too
@@ -638,7 +676,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 15  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 16  # bump when the rules change, so cached pairs are regenerated
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
         self.max_pairs = max_pairs
