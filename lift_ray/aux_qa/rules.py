@@ -497,11 +497,9 @@ def _reaches(fact, core) -> bool:
     return True
 
 
-def _part_of(clause: _Clause, fact):
-    for part in clause.parts:
-        if part.left_edge.i <= fact.start and fact.end - 1 <= part.right_edge.i:
-            return part if _reaches(fact, _core(part)) else None
-    return None
+def _covers(token, fact) -> bool:
+    """``fact`` lies inside the constituent headed by ``token``."""
+    return token.left_edge.i <= fact.start and fact.end - 1 <= token.right_edge.i
 
 
 # A verb's infinitive or adjective complement carries constituents of its own: "plans to build a
@@ -509,14 +507,17 @@ def _part_of(clause: _Clause, fact):
 _NESTED = {"xcomp", "acomp"}
 
 
-def _nested_part(clause: _Clause, fact):
-    """The constituent of a complement chain that ``fact`` is (or names), asked through the main verb:
-    "a bridge" of "The council plans to build a bridge" → "What does the council plan to build?"."""
-    node = next((p for p in clause.parts if p.left_edge.i <= fact.start and fact.end - 1 <= p.right_edge.i), None)
+def _part_of(clause: _Clause, fact):
+    """The constituent of the clause that ``fact`` is (or names), else None; inside an infinitive or
+    adjective complement, the complement's own constituent, asked through the main verb: "a bridge" of
+    "The council plans to build a bridge" → "What does the council plan to build?"."""
+    node = next((p for p in clause.parts if _covers(p, fact)), None)
+    if node is None or _reaches(fact, _core(node)):
+        return node
     for _ in range(3):  # "is able to move", "wants to try to reach": a short chain
         if node is None or node.dep_ not in _NESTED:
             return None
-        node = next((c for c in node.children if c.left_edge.i <= fact.start and fact.end - 1 <= c.right_edge.i), None)
+        node = next((c for c in node.children if _covers(c, fact)), None)
         if node is not None and node.dep_ in _ARGUMENTS - _NESTED and _reaches(fact, _core(node)):
             # an object, or a name or number after a preposition; not a bare noun ("move 900 litres per
             # second" has no "What ... per?")
@@ -594,7 +595,7 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
     subj = clause.subject
     for fact in facts:
         label = _label(fact)
-        if subj is not None and subj.left_edge.i <= fact.start and fact.end - 1 <= subj.right_edge.i:
+        if subj is not None and _covers(subj, fact):
             if subj.pos_ == "PRON" or any(t.pos_ == "PRON" for t in fact):
                 continue
             if fact.root.dep_ == "poss" and fact.root.head.i == subj.i:
@@ -614,7 +615,7 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
                 out.append((q, fact.text, "name"))
             out.append((_question(f"{wh} {clause.declarative_tail()}"), _answer(fact, subj, wh), "subject"))
             continue
-        part = _part_of(clause, fact) or _nested_part(clause, fact)
+        part = _part_of(clause, fact)
         if part is None:
             continue
         if (noun := _named(fact)) is not None:  # before "What does the captain keep?", which the noun answers too
