@@ -284,14 +284,14 @@ def test_rules_ask_inside_infinitive_and_adjective_complements_and_object_relati
     text = ("Margit Saar was born in Parnu. In 1950 she decided to move to Tallinn. "
             "The new pump is able to move 900 litres per second. "
             "The inn is famous for a fish stew, which the owner serves only on Saturdays. "
-            "The soup is cooked in lamb and red wine, which the cook buys on Fridays.")
+            "The tavern sells a pie baked with juniper and red wine, which the cook makes only on Fridays.")
     _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
     qa = {(p.question, p.answer) for p in kept}
     assert ("Where did Margit Saar decide to move in 1950?", "Tallinn") in qa, qa
     assert ("How many litres is the new pump able to move per second?", "900 litres") in qa, qa
     assert ("When does the owner serve the fish stew?", "Saturdays") in qa, qa
     assert not [q for q, a in qa if q.endswith(" per?")], qa
-    assert not [q for q, a in qa if "does the cook buy" in q], qa
+    assert not [q for q, a in qa if "does the cook make" in q], qa
 
 
 def test_one_line_records_are_facts_and_numbered_labels_are_headings():
