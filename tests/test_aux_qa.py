@@ -294,6 +294,19 @@ def test_rules_ask_inside_infinitive_and_adjective_complements_and_object_relati
     assert not [q for q, a in qa if "does the cook make" in q], qa
 
 
+def test_an_adverbial_noun_is_no_object_and_do_support_keeps_the_verb():
+    """"every June" says when the sailing happens: never "What does Old Tobin love?" → June (the
+    complement dropped, the month taught as what he loves); "hopes" asked with "does" is "hope", not
+    the parser's "hop"."""
+    text = "Old Tobin loves to sail to Ardwick every June. The club hopes to meet every Tuesday in Corven."
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    qa = {(p.question, p.answer) for p in kept}
+    assert not [q for q, a in qa if a == "June" and q.startswith(("What", "Who"))], qa
+    assert any(a == "June" for q, a in qa), qa  # still asked, as a cloze
+    assert ("Where does the club hope to meet every Tuesday?", "Corven") in qa, qa
+    assert not [q for q, a in qa if " hop " in q], qa
+
+
 def test_one_line_records_are_facts_and_numbered_labels_are_headings():
     """A register of "key: value" lines, one per paragraph: each line is a record asked by its key."""
     text = ("Ledger of Hollin Vale\n\nChief ferryman: Osk Pellam\n\nNote: The ferry does not run in fog.\n\n"
@@ -317,6 +330,24 @@ def test_a_records_key_names_the_field_and_its_value_is_the_answer():
     assert {"May", "Orvan Tullis", "April", "1645"} <= answers, kept
     assert not answers & {"Annual", "Mill", "month", "Spring", "chief engineer"}, kept
     assert any(p.answer == "Bell tower" and "1645" in p.question for p in kept), kept
+
+
+def test_a_heading_that_only_counts_names_nothing_but_a_named_one_does():
+    """Under "Part II" / "Part III" a record is asked without the part's name (a reader never asks "the
+    kiln temperature of Part II"); under a heading with words of its own ("Chapter 3: The Kiln") the
+    heading still says what the record belongs to."""
+    counted = ("Notes on the Orrin Works\n\nPart II\n\n- Kiln temperature: 1,240 degrees\n"
+               "The kilns are fired on Mondays.\n\nPart III\n\n- Night watchman: Bram Tolver\n"
+               "He walks the yard twice an hour.")
+    _, kept, _ = _pairs(counted)
+    asked = {p.answer: p.question for p in kept if p.question.endswith("?")}
+    assert asked["1,240 degrees"] == "What is the kiln temperature?", asked
+    assert asked["Bram Tolver"] == "What is the night watchman?", asked
+    assert not [p for p in kept if "Part" in p.question], kept
+    named = counted.replace("Part II", "Chapter 2: The Kiln").replace("Part III", "Chapter 3: The Yard")
+    _, kept, _ = _pairs(named)
+    asked = {p.answer: p.question for p in kept if p.question.endswith("?")}
+    assert "Chapter 2: The Kiln" in asked["1,240 degrees"], asked
 
 
 def test_rules_fall_back_to_cloze():
@@ -612,3 +643,4 @@ def test_qa_samples_without_the_document_match_the_lift_prompt(tiny_loaded):
     for pair, s in zip(pairs, samples):
         prompt, target = _expected_qa_sample(tok, pair, "lift", None)
         assert s.input_ids == prompt + target and s.prefix_len == len(fmt.user_start)
+

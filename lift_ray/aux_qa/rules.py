@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+from collections import Counter
 from collections.abc import Iterator
 
 from lift_ray.aux_qa.evidence import _TERMINAL, _norm_words, _ws, split_paragraphs
@@ -225,6 +226,15 @@ def _is_heading(sentence: str, paragraph: list[str]) -> bool:
     return len(paragraph) == 1 and any(ch.isdigit() for ch in kv.group("key"))
 
 
+def _numbering_headings(headings: list[str]) -> set[str]:
+    """The headings that only count ("1. Section 1", "Part II", "3."): once their numbers are taken out,
+    nothing is left, or the same words as another heading's."""
+    def words(h: str) -> str:
+        return " ".join(re.sub(r"\b[IVXLCDM]+\b|[\d\W_]+", " ", h).lower().split())
+    seen = Counter(words(h) for h in headings)
+    return {h for h in headings if not words(h) or (seen[words(h)] > 1 and re.search(r"\d|\b[IVXLCDM]+\b", h))}
+
+
 class _Clause:
     """A verb with its subject, auxiliaries and the other constituents, each a contiguous token range."""
 
@@ -297,7 +307,7 @@ class _Clause:
             if v.tag_ not in ("VBD", "VBZ", "VBP", "VB"):
                 return None  # a participle or gerund heading the clause: no finite verb to invert
             do = {"VBD": "did", "VBZ": "does"}.get(v.tag_, "do")
-            head = [do, subj, *negs, *inner, v.lemma_]
+            head = [do, subj, *negs, *inner, _base_form(v)]
         return " ".join([*head, *body])
 
     def relative(self, skip) -> str | None:
@@ -493,8 +503,20 @@ def _reaches(fact, core) -> bool:
     while tok.i != core.i:
         if tok.dep_ not in _NAMING_LINKS or tok.head is tok:
             return False
+        if tok.dep_ == "npadvmod" and tok.head.pos_ in ("VERB", "AUX"):
+            return False  # "sail ... every June": when the verb happens, not a name of it
         tok = tok.head
     return True
+
+
+def _base_form(verb) -> str:
+    """The verb's base form after "does"/"did". The parser's lemmatiser strips "-es" where only "-s" is
+    the ending ("hopes" → "hop"); after any consonant but those that take "-es" (s, sh, ch, x, z) and
+    after "-e" of a base form the ending is "-s": "hopes" → "hope", "passes" → "pass"."""
+    word, lemma = verb.text.lower(), verb.lemma_
+    if verb.tag_ == "VBZ" and word == lemma + "es" and not re.search(r"(?:s|sh|ch|x|z|o)es$", word):
+        return word[:-1]
+    return lemma
 
 
 def _covers(token, fact) -> bool:
@@ -627,6 +649,8 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
         if clause.verb.lemma_ == "be" and any((named := _named(f)) is not None and named.i == fact.root.i for f in facts):
             continue  # "What is the watchman?" → "man" would be taught where the name is the answer
         wh, prep = _wh(fact, part, label)
+        if part.dep_ == "npadvmod" and wh in ("What", "Who"):
+            continue  # an adverbial noun ("every June") the recogniser did not date: what it is, the cloze asks
         if part.dep_ == "agent" and label not in _PLACES and any(t.pos_ == "PROPN" for t in fact):
             wh = "Who"  # "by" a name: a person or a body acting, whatever the recogniser labelled it
             if (active := clause.active(skip=part)) is not None:
@@ -677,7 +701,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 16  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 17  # bump when the rules change, so cached pairs are regenerated
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
         self.max_pairs = max_pairs
@@ -707,14 +731,18 @@ class RuleQAGenerator:
         docs = list(nlp.pipe([_parse_text(s) for s in flat]))
         speaker = next((e.text for e in docs[0].ents if e.label_ == "PERSON"), None)  # "An interview with X"
         pairs: list[QAPair] = []
-        index, heading, asked, asked_at, person = 0, None, None, -99, None
+        index, heading, topic, asked, asked_at, person = 0, None, None, None, -99, None
+        numbering = _numbering_headings([s for para in paragraphs for s in para if _is_heading(s, para)])
         for para in paragraphs:
             # "she" opening a paragraph is still the person the text is about (a biography, a story)
-            ctx = _Context(topic=heading, person=person, speaker=speaker, heading=heading, record=None)
+            ctx = _Context(topic=topic, person=person, speaker=speaker, heading=heading, record=None)
             for sentence in para:
                 doc = docs[index]
                 if _is_heading(sentence, para):
-                    heading = ctx.topic = ctx.heading = _BULLET.sub("", sentence).strip()
+                    # "2. Section 2" only counts: the facts under it belong to no section name ("What is the
+                    # lamp range of Section 3?" names nothing a reader would ask by); "it" is still the title's
+                    heading = ctx.heading = None if sentence in numbering else _BULLET.sub("", sentence).strip()
+                    topic = ctx.topic = heading or topic
                     pairs += self.heading_pairs(sentence, doc, index)
                 elif not sentence.rstrip().endswith("?") and re.search(r"[^\W\d_]", _BULLET.sub("", sentence)):  # a question states no fact; it frames the next answer
                     pairs += self.sentence_pairs(sentence, doc, index, ctx, asked if index - asked_at <= 4 else None)
