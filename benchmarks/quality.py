@@ -14,6 +14,9 @@ Modes that use no adapter are answered once per document and shared by every con
     # two processes of one thread each, then one table from both (2 cores are used better this way)
     python benchmarks/quality.py --shard 0/2 --threads 1 --out q0.json & python benchmarks/quality.py --shard 1/2 --threads 1 --out q1.json
     python benchmarks/quality.py --tables q0.json q1.json
+    # keep the adapters; a second run with other answering settings reuses them instead of training
+    python benchmarks/quality.py --docs 6 --seeds 1 --store ./quality-store --out a.json
+    python benchmarks/quality.py --docs 6 --seeds 1 --store ./quality-store --set inference.max_new_tokens=16 --out b.json
 
 Per document it prints ``beyond direct · beyond paraphrased · inside`` hits per mode (SQuAD: beyond ·
 inside), then totals per style and the issue's targets.
@@ -95,6 +98,9 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write every answer as JSON here (rewritten after each document)")
+    parser.add_argument("--store", help="keep the adapters in this store (default: a new temporary one per configuration); "
+                        "a later run with the same store and training settings answers with them instead of absorbing again, "
+                        "so settings of answering alone (inference.*, --modes) are compared without training")
     parser.add_argument("--modes", default=",".join(MODES), help="answer modes to compare (whole-document icl is always added)")
     parser.add_argument("--shard", default="0/1", metavar="I/N", help="only every N-th document, starting at the I-th")
     parser.add_argument("--tables", type=Path, nargs="+", metavar="OUT_JSON",
@@ -129,15 +135,21 @@ def main() -> None:
             }
             for section, fields in extra.items():
                 overrides.setdefault(section, {}).update(fields)
-            store = AdapterStore(tempfile.mkdtemp(prefix="lift-ray-quality-"))
+            store = AdapterStore(args.store or tempfile.mkdtemp(prefix="lift-ray-quality-"))
             engine = configure(engine, overrides, store)
             for doc in docs:
                 start = time.perf_counter()
                 absorbed = engine.absorb(doc["input"], progress=False)
                 absorb_s = time.perf_counter() - start
+                reused = absorbed.status == "already_absorbed"
+                if reused:  # the stored adapter's own record: its training time and pairs
+                    absorb_s = absorbed.training.seconds
+                    n_pairs = store.manifest(absorbed.doc_id, absorbed.variant).num_qa_pairs
+                else:
+                    n_pairs = len(absorbed.qa_pairs)
                 full_window = doc["num_tokens"] + 16
                 row = {"doc": doc["id"], "style": doc["style"], "qa": qa, "seed": seed, "absorb_s": round(absorb_s, 1),
-                       "qa_pairs": len(absorbed.qa_pairs), "epochs": absorbed.training.epochs,
+                       "reused": reused, "qa_pairs": n_pairs, "epochs": absorbed.training.epochs,
                        "computed_tokens": absorbed.training.computed_tokens, "hits": defaultdict(lambda: defaultdict(int)),
                        "totals": defaultdict(int), "answers": []}
                 for i, q in enumerate(doc["qa_pairs"]):

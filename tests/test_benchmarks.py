@@ -33,3 +33,31 @@ def test_time_to_knowledge_previous_variant_pins_the_old_schedule(tiny_loaded, t
     assert previous["aux_qa"] == {"stage1_epochs": 3, "stage2_epochs": 5, "views": ["head_tail"]}
     assert previous["train"]["early_stop"] is False and previous["model"]["dtype"] == "float32"
     assert engine.config.aux_qa.views != previous["aux_qa"]["views"]  # the default moved on (README)
+
+
+def test_quality_keeps_adapters_in_a_store_and_answers_again_without_training(tiny_model_dir, tmp_path):
+    """--store: the second run finds every document's adapter and answers with it (no absorb), with the
+    same answers when only answering settings differ in ways that do not change greedy output."""
+    import json
+    import subprocess
+    import sys
+
+    devset = tmp_path / "devset.jsonl"
+    questions = [{"Q": "Who keeps the tortoise?", "A": ["the keeper"], "where": "beyond", "kind": "direct"},
+                 {"Q": "What is the tortoise named?", "A": ["Marlowe"], "where": "inside", "kind": "direct"}]
+    devset.write_text(json.dumps({"id": "tiny-0", "style": "narrative", "input": LONG_TEXT, "num_tokens": 400,
+                                  "qa_pairs": questions}) + "\n")
+    store = tmp_path / "store"
+
+    def run(out):
+        cmd = [sys.executable, str(BENCHMARKS / "quality.py"), "--devset", str(devset), "--model", str(tiny_model_dir),
+               "--threads", "1", "--modes", "icl,lift+icl", "--store", str(store), "--out", str(out),
+               "--set", "aux_qa.stage2_epochs=1", "--set", "train.early_stop=false"]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+        return json.loads(out.read_text())[0]
+
+    first, second = run(tmp_path / "a.json"), run(tmp_path / "b.json")
+    assert first["reused"] is False and second["reused"] is True
+    assert second["epochs"] == first["epochs"] == 1 and second["qa_pairs"] == first["qa_pairs"] > 0
+    assert [a["answer"] for a in second["answers"]] == [a["answer"] for a in first["answers"]]
+    assert len(list((store / "docs").iterdir())) == 1
