@@ -511,8 +511,8 @@ def _reaches(fact, core) -> bool:
 
 def _base_form(verb) -> str:
     """The verb's base form after "does"/"did". The parser's lemmatiser strips "-es" where only "-s" is
-    the ending ("hopes" → "hop"); after any consonant but those that take "-es" (s, sh, ch, x, z) and
-    after "-e" of a base form the ending is "-s": "hopes" → "hope", "passes" → "pass"."""
+    the ending ("hopes" → "hop"): unless the base form ends in s, sh, ch, x, z or o ("passes", "goes"),
+    the ending is "-s" and the base form keeps its "e": "hopes" → "hope"."""
     word, lemma = verb.text.lower(), verb.lemma_
     if verb.tag_ == "VBZ" and word == lemma + "es" and not re.search(r"(?:s|sh|ch|x|z|o)es$", word):
         return word[:-1]
