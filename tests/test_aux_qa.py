@@ -643,4 +643,3 @@ def test_qa_samples_without_the_document_match_the_lift_prompt(tiny_loaded):
     for pair, s in zip(pairs, samples):
         prompt, target = _expected_qa_sample(tok, pair, "lift", None)
         assert s.input_ids == prompt + target and s.prefix_len == len(fmt.user_start)
-

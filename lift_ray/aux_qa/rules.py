@@ -226,13 +226,15 @@ def _is_heading(sentence: str, paragraph: list[str]) -> bool:
     return len(paragraph) == 1 and any(ch.isdigit() for ch in kv.group("key"))
 
 
+_NUMBER = re.compile(r"\d|\b[IVXLCDM]+\b")  # a digit or a roman numeral
+
+
 def _numbering_headings(headings: list[str]) -> set[str]:
     """The headings that only count ("1. Section 1", "Part II", "3."): once their numbers are taken out,
     nothing is left, or the same words as another heading's."""
-    def words(h: str) -> str:
-        return " ".join(re.sub(r"\b[IVXLCDM]+\b|[\d\W_]+", " ", h).lower().split())
-    seen = Counter(words(h) for h in headings)
-    return {h for h in headings if not words(h) or (seen[words(h)] > 1 and re.search(r"\d|\b[IVXLCDM]+\b", h))}
+    words = {h: " ".join(re.sub(r"\W|_", " ", _NUMBER.sub(" ", h)).lower().split()) for h in headings}
+    seen = Counter(words.values())
+    return {h for h, w in words.items() if not w or (seen[w] > 1 and _NUMBER.search(h))}
 
 
 class _Clause:
@@ -732,13 +734,14 @@ class RuleQAGenerator:
         speaker = next((e.text for e in docs[0].ents if e.label_ == "PERSON"), None)  # "An interview with X"
         pairs: list[QAPair] = []
         index, heading, topic, asked, asked_at, person = 0, None, None, None, -99, None
-        numbering = _numbering_headings([s for para in paragraphs for s in para if _is_heading(s, para)])
+        headings = [_is_heading(s, para) for para in paragraphs for s in para]
+        numbering = _numbering_headings([s for s, h in zip(flat, headings) if h])
         for para in paragraphs:
             # "she" opening a paragraph is still the person the text is about (a biography, a story)
             ctx = _Context(topic=topic, person=person, speaker=speaker, heading=heading, record=None)
             for sentence in para:
                 doc = docs[index]
-                if _is_heading(sentence, para):
+                if headings[index]:
                     # "2. Section 2" only counts: the facts under it belong to no section name ("What is the
                     # lamp range of Section 3?" names nothing a reader would ask by); "it" is still the title's
                     heading = ctx.heading = None if sentence in numbering else _BULLET.sub("", sentence).strip()
