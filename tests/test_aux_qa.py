@@ -237,6 +237,28 @@ def test_rules_keep_the_person_across_paragraphs_and_a_surname_is_that_person():
     assert not [q for q, _ in qa if "Kuressaare die" in q or "Peeter Lind die" in q or "varnik" in q], qa
 
 
+def test_rules_never_take_a_day_or_month_for_the_person_a_pronoun_means():
+    """ "in May" and "on Mondays" are proper nouns to the tagger, yet no "she" or "he" means them."""
+    text = "Mira Holt keeps the lamp. The market opens in May. She walks the pier at dusk."
+    _, kept, _ = _pairs(text)
+    questions = [p.question for p in kept]
+    assert "What does Mira Holt walk at dusk?" in questions, questions
+    assert not [q for q in questions if "May walk" in q or "about May" in q], questions
+
+
+def test_rules_ask_instructions_what_you_should_do_and_how_often():
+    """A manual's commands have no subject: "press the red button" is asked as what you should press,
+    "every six weeks" as how often (not how long), with the whole repetition as the answer."""
+    text = ("Kiln care\n\nIf the alarm sounds, press the red button beside the door for ten seconds. "
+            "Replace the filter every six weeks, or sooner if the light turns red.")
+    _, kept, _ = _pairs(text)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("What should you press beside the door for ten seconds?", "red button") in qa, qa
+    assert ("How long should you press the red button beside the door?", "ten seconds") in qa, qa
+    assert ("How often should you replace the filter?", "every six weeks") in qa, qa
+    assert not [q for q, _ in qa if q.startswith("How long should you replace")], qa
+
+
 def test_rules_ask_amounts_of_time_how_long_and_labels_what():
     """ "takes one full day" is a duration, "bus number 41" a label (the number follows its noun), "the
     summer raffle" a raffle rather than a time, and what follows "so" is another clause."""
@@ -344,6 +366,11 @@ def test_a_heading_that_only_counts_names_nothing_but_a_named_one_does():
     assert asked["1,240 degrees"] == "What is the kiln temperature?", asked
     assert asked["Bram Tolver"] == "What is the night watchman?", asked
     assert not [p for p in kept if "Part" in p.question], kept
+    # numbered sections, which the parser reads one as a name ("Section 6") and one as a word and a number
+    numbered = counted.replace("Part III", "7. Section 7").replace("Part II", "6. Section 6")
+    _, kept, _ = _pairs(numbered)
+    assert {"1,240 degrees", "Bram Tolver"} <= {p.answer for p in kept}, kept
+    assert not [p for p in kept if "Section" in p.question + p.answer or p.answer in ("6", "7")], kept  # a count is no fact
     named = counted.replace("Part II", "Chapter 2: The Kiln").replace("Part III", "Chapter 3: The Yard")
     _, kept, _ = _pairs(named)
     asked = {p.answer: p.question for p in kept if p.question.endswith("?")}

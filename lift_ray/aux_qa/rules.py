@@ -12,7 +12,9 @@ and its clause structure, and questions are formed by moving a constituent out o
   ("Who designed the lighthouse?"); for a fact inside an object, complement or prepositional phrase,
   a wh-question from the object side with the auxiliary inverted or do-support ("When was the
   lighthouse designed?", "What did Wrenfield design?", "How many furnaces does the workshop have?");
-  and for every fact a cloze with exactly one blank;
+  an instruction (a bare verb opening its clause) asked as what "you" should do ("How long should you
+  press the red button?"), a repetition asked "How often" ("every six weeks"); and for every fact a
+  cloze with exactly one blank;
 * **naming the subject**: pronoun subjects and possessives are replaced by the paragraph's topic
   (the last non-pronoun subject, or the section heading), so a question picks out what it asks about.
 
@@ -237,6 +239,23 @@ def _numbering_headings(headings: list[str]) -> set[str]:
     return {h for h, w in words.items() if not w or (seen[w] > 1 and _NUMBER.search(h))}
 
 
+# What may stand before an instruction's verb in its own clause: "If it fails, hold ...", "First, switch ..."
+_BEFORE_INSTRUCTION = {"advcl", "advmod", "mark", "punct", "cc", "npadvmod", "prep"}
+
+
+def _is_instruction(verb) -> bool:
+    """A bare verb opening its clause with no subject, on its own or joined to one ("Clean the filter
+    once a month", "Switch on the display, then insert the batteries"). Whatever precedes it must be an
+    adverbial, so a mis-tagged word inside a name or a fragment is not taken for a command."""
+    if verb.tag_ != "VB" or any(c.dep_ in _SUBJECTS | _AUXES for c in verb.children):
+        return False
+    if any(c.i < verb.i and c.dep_ not in _BEFORE_INSTRUCTION for c in verb.children):
+        return False
+    if verb.dep_ == "ROOT":
+        return True
+    return verb.dep_ in ("conj", "dep") and verb.head.dep_ == "ROOT" and _is_instruction(verb.head)
+
+
 class _Clause:
     """A verb with its subject, auxiliaries and the other constituents, each a contiguous token range."""
 
@@ -248,12 +267,17 @@ class _Clause:
         self.relative_object = relative_object
         self.auxes = [c for c in verb.children if c.dep_ in _AUXES and c.i < verb.i]
         self.negs = [c for c in verb.children if c.dep_ == "neg"]
+        # an instruction ("Clean the filter once a month", "..., then insert the batteries"): a bare verb
+        # with no subject of its own or of the verb it is joined to; asked as what "you" should do
+        self.imperative = subject is None and _is_instruction(verb)
         # what follows a conjunction on the verb is another clause, however the parser attached its words
         # ("Places are limited, so book early ...": "book" is no complement of "are")
         end = min((c.i for c in verb.children if c.dep_ == "cc" and c.i > verb.i), default=len(verb.doc))
+        # an instruction's unlabelled dependent is mostly the next instruction ("..., then insert the batteries")
+        breaks = _CLAUSE_BREAKS | {"neg"} | ({"dep"} if self.imperative else set())
         self.parts = [
             c for c in verb.children
-            if c is not subject and c.i < end and c.dep_ not in _AUXES | _CLAUSE_BREAKS | {"neg"} and c.dep_ not in _SUBJECTS
+            if c is not subject and c.i < end and c.dep_ not in _AUXES | breaks and c.dep_ not in _SUBJECTS
         ]
         self.ctx = ctx
 
@@ -294,6 +318,9 @@ class _Clause:
 
     def inverted(self, skip) -> str | None:
         """Question word order with the constituent ``skip`` left out: "was the lighthouse designed", "did X build"."""
+        if self.imperative:
+            inner, body = self._pieces(skip)
+            return " ".join(["should you", *inner, self.verb.lower_, *body])
         subj = self.subject_text()
         if subj is None:
             return None
@@ -450,6 +477,8 @@ def _wh(fact, part, label: str) -> tuple[str, str]:
         return f"How many {counted.text}", prep
     # "the key number is 4187" states what, not when; "the summer raffle" is a raffle, not a time
     if label in _TEMPORAL and part.dep_ != "attr" and fact.root.ent_type_ in _TEMPORAL:
+        if _frequency(fact) is not None:  # "every twelve months", "once a month": how often, not how long
+            return "How often", ""
         # "eleven years", "takes one full day": an amount of time, not a point in it ("the spring of 1598", "by eight o'clock")
         duration = counted is not None and (counted.tag_ == "NNS" or part.dep_ in ("dobj", "npadvmod"))
         return ("How long", "") if duration else ("When", "")
@@ -476,7 +505,27 @@ def _counted(fact):
     return None
 
 
+def _frequency(fact) -> str | None:
+    """The words saying how often, when ``fact`` is the period of a repetition: "every twelve months",
+    "once a month", "three times a week"; else None."""
+    doc, start = fact.doc, fact.start
+    while start > fact.sent.start and doc[start - 1].lower_ in ("a", "an", "every", "each", "per"):
+        start -= 1
+    if doc[start].lower_ in ("every", "each"):
+        return doc[start : fact.end].text
+    if start == fact.start or start == fact.sent.start:
+        return None
+    before = doc[start - 1]
+    if before.lower_ in ("once", "twice"):
+        return doc[start - 1 : fact.end].text
+    if before.lower_ == "times":
+        return doc[min([before.i, *(c.i for c in before.children if c.dep_ == "nummod")]) : fact.end].text
+    return None
+
+
 def _answer(fact, part, wh: str) -> str:
+    if wh == "How often":
+        return _frequency(fact) or fact.text
     counted = _counted(fact) if wh.startswith("How many") else None
     if counted is not None and counted.i == fact.end:
         return f"{fact.text} {counted.text}"
@@ -658,8 +707,8 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
             if (active := clause.active(skip=part)) is not None:
                 out.append((_question(f"Who {active}"), _answer(fact, part, wh), "agent"))
         body = clause.inverted(skip=part)
-        if body is None or (clause.verb.lemma_ == "be" and len(body.split()) < 3):
-            continue  # "What is entry?": a bare noun and a copula pick out nothing; the cloze asks it instead
+        if body is None or (clause.verb.lemma_ == "be" and len(body.split()) < 3) or (clause.imperative and len(body.split()) < 5):
+            continue  # "What is entry?", "What should you avoid?" pick out nothing; the cloze asks it instead
         out.append((_question(f"{wh} {body} {prep}"), _answer(fact, part, wh), "object"))
     return out
 
@@ -703,7 +752,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 17  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 18  # bump when the rules change, so cached pairs are regenerated
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
         self.max_pairs = max_pairs
@@ -746,7 +795,8 @@ class RuleQAGenerator:
                     # lamp range of Section 3?" names nothing a reader would ask by); "it" is still the title's
                     heading = ctx.heading = None if sentence in numbering else _BULLET.sub("", sentence).strip()
                     topic = ctx.topic = heading or topic
-                    pairs += self.heading_pairs(sentence, doc, index)
+                    if heading:  # a section's number is no fact of the document ("Section ____" → 7)
+                        pairs += self.heading_pairs(sentence, doc, index)
                 elif not sentence.rstrip().endswith("?") and re.search(r"[^\W\d_]", _BULLET.sub("", sentence)):  # a question states no fact; it frames the next answer
                     pairs += self.sentence_pairs(sentence, doc, index, ctx, asked if index - asked_at <= 4 else None)
                 if sentence.rstrip().endswith("?"):
@@ -807,7 +857,8 @@ class RuleQAGenerator:
                 ctx.topic = _text([t for t in sent.root.subtree if start <= t.i <= sent.root.i and not t.is_punct]) or ctx.topic
             people = [e for e in sent.ents if e.label_ == "PERSON"]
             # the recogniser misses made-up names: a proper name that is no place or organisation may be "he"/"she"
-            names = [f for f in facts if all(t.pos_ == "PROPN" for t in f) and _label(f) not in _PLACES]
+            # nor a day, month or number ("He walks the yard" after "fired on Mondays" is not about Mondays)
+            names = [f for f in facts if all(t.pos_ == "PROPN" for t in f) and _label(f) not in _PLACES | _TEMPORAL | _NUMERIC]
             if (people or names) and not (subj is not None and _same_person(subj, ctx)):
                 # a person named as the subject is who the next "she" means; a sentence whose subject already
                 # is that person ("she married Anton Sepp", "Ilves hid the plates in Haapsalu") stays about them
@@ -819,6 +870,7 @@ class RuleQAGenerator:
                 candidates.append((q, fact.text, "cloze"))
         # names, numbers, dates, codes, and what the sentence's main verb states ("… is cardamom")
         strong |= {f.text for f in facts_all if _salient(f) or (f.root.head == f.root.sent.root and f.root.dep_ in _COMPLEMENTS)}
+        strong |= {often for f in facts_all if f.text in strong and (often := _frequency(f))}  # "How often …?" asks it
         # what the main verb says of its subject: the subject's head, its complements, the object of a
         # preposition on it ("… is seasoned with cardamom")
         stated = [f.text for f in facts_all if f.root.dep_ == "pobj" and f.root.head.dep_ == "prep" and f.root.head.head == f.root.sent.root]
