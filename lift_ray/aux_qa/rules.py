@@ -244,16 +244,16 @@ _BEFORE_INSTRUCTION = {"advcl", "advmod", "mark", "punct", "cc", "npadvmod", "pr
 
 
 def _is_instruction(verb) -> bool:
-    """A bare verb opening its clause with no subject, on its own or joined to one ("Clean the filter
-    once a month", "Switch on the display, then insert the batteries"). Whatever precedes it must be an
-    adverbial, so a mis-tagged word inside a name or a fragment is not taken for a command."""
+    """A bare verb opening its clause with no subject, on its own or joined by a conjunction to one
+    ("Clean the filter once a month", "Open the valve and drain the tank"). Whatever precedes it must be
+    an adverbial, so a mis-tagged word inside a name or a fragment is not taken for a command."""
     if verb.tag_ != "VB" or any(c.dep_ in _SUBJECTS | _AUXES for c in verb.children):
         return False
     if any(c.i < verb.i and c.dep_ not in _BEFORE_INSTRUCTION for c in verb.children):
         return False
     if verb.dep_ == "ROOT":
         return True
-    return verb.dep_ in ("conj", "dep") and verb.head.dep_ == "ROOT" and _is_instruction(verb.head)
+    return verb.dep_ == "conj" and verb.head.dep_ == "ROOT" and _is_instruction(verb.head)  # clauses are roots and conjuncts
 
 
 class _Clause:
