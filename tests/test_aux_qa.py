@@ -259,6 +259,47 @@ def test_rules_ask_instructions_what_you_should_do_and_how_often():
     assert not [q for q, _ in qa if q.startswith("How long should you replace")], qa
 
 
+def test_a_command_the_tagger_reads_as_a_name_or_adjective_is_still_an_instruction():
+    """The small tagger calls "Clean" a proper noun and "Empty" an adjective at a sentence's start; a
+    first word with a direct object and no subject is a command all the same."""
+    text = ("Dryer care\n\nClean the lint screen once a week with a dry cloth. "
+            "Empty the water tank after every load.")
+    _, kept, _ = _pairs(text)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("What should you clean once a week with a dry cloth?", "lint screen") in qa, qa
+    assert [q for q, a in qa if a == "water tank" and q.startswith("What should you empty")], qa
+
+
+def test_a_greeting_line_is_no_heading_and_no_keeps_its_meaning():
+    """ "Dear members of the Orrin Rowing Club," opens a letter: it names no section, so no question
+    after it is "about" it, while its name still gets its cloze; "no more than 40 kilograms" keeps
+    its "no" (without it the answer says the opposite); "Second," counts the letter's points, and
+    "Please read ..." is an instruction."""
+    text = ("Dear members of the Orrin Rowing Club,\n\nFirst, the boathouse will reopen in April. "
+            "Please read the new rules before your first outing.\n\n"
+            "Second, each boat may carry no more than 40 kilograms of kit.\n\nWith warm regards,\nThe secretary")
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=4)
+    qa = {(p.question, p.answer) for p in kept}
+    assert not [q for q, _ in qa if "about Dear" in q or "(a heading)" in q], qa
+    assert [a for _, a in qa if a == "Orrin Rowing Club"], qa
+    assert not [a for _, a in qa if a == "warm regards"], qa  # a closing holds no fact
+    assert not [a for _, a in qa if a in ("First", "Second")], qa
+    assert ("What should you read before your first outing?", "new rules") in qa, qa
+    answers = {a for _, a in qa if "40 kilograms" in a}
+    assert answers and all(a.startswith("no more than") for a in answers), qa
+
+
+def test_a_bare_definite_subject_is_named_as_the_paragraph_described_it():
+    """ "The new password is 8812" after "The alarm password for the east gate ..." is asked about
+    the alarm password for the east gate: "What is the new password?" picks out nothing."""
+    text = ("The alarm password for the east gate was reset last week. The new password is 8812. "
+            "The guard on duty keeps a sealed copy.")
+    _, kept, _ = _pairs(text)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("What is the new alarm password for the east gate?", "8812") in qa, qa
+    assert ("What is the new password?", "8812") not in qa, qa
+
+
 def test_rules_ask_amounts_of_time_how_long_and_labels_what():
     """ "takes one full day" is a duration, "bus number 41" a label (the number follows its noun), "the
     summer raffle" a raffle rather than a time, and what follows "so" is another clause."""

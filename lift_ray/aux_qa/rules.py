@@ -82,9 +82,10 @@ def load_pipeline():
 
 
 def _trim(span):
-    """A span without leading determiners/possessives or trailing punctuation (the answer to give)."""
+    """A span without leading determiners/possessives or trailing punctuation (the answer to give).
+    A negating determiner stays: "no more than 150 metres" without it states the opposite."""
     doc, start, end = span.doc, span.start, span.end
-    while start < end - 1 and (doc[start].is_punct or doc[start].dep_ in ("det", "poss") or doc[start].pos_ == "DET"):
+    while start < end - 1 and (doc[start].is_punct or doc[start].dep_ in ("det", "poss") or doc[start].pos_ == "DET") and doc[start].lower_ != "no":
         start += 1
     while end > start and (doc[end - 1].is_punct and doc[end - 1].text not in ")%"):
         end -= 1
@@ -151,8 +152,18 @@ def fact_spans(sent) -> list:
         # (a name mid-sentence is kept even when it spells a stop word: the month "May")
         if all(t.is_stop or t.is_punct for t in span) and not any(t.pos_ == "PROPN" and t.i > sent.start for t in span):
             continue
+        if _enumerator(span):
+            continue
         spans.append(span)
     return sorted(spans, key=lambda s: s.start)
+
+
+def _enumerator(span) -> bool:
+    """An ordinal opening its sentence before a comma counts points ("Second, the pumping station ..."):
+    no fact of the document, and a cloze on it teaches "Second" as an answer."""
+    first = span.doc[span.start]
+    return (len(span) == 1 and span.start == span.sent.start and first.ent_type_ == "ORDINAL"
+            and span.end < len(span.doc) and span.doc[span.end].text == ",")
 
 
 def _with_unit(span):
@@ -194,6 +205,9 @@ class _Context:
     speaker: str | None  # what "I"/"my" refer to: the person the document's title names
     heading: str | None
     record: tuple[str, str, str, int] | None  # key, value, line and index of a table row's first "key: value" line
+    # how the paragraph described a noun before: "the padlock combination for the chemical store" makes
+    # a later bare "the new combination" that combination ({"combination": ("padlock", "for the chemical store")})
+    described: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
 
 
 def _parse_text(sentence: str) -> str:
@@ -218,14 +232,21 @@ def _top_level_semicolons_to_stops(text: str) -> str:
 
 def _is_heading(sentence: str, paragraph: list[str]) -> bool:
     """A title or section line: short, no sentence end, and not a "key: value" record ("Head gardener:
-    Thaka Velwyn" is one even alone in its paragraph; "Chapter 3: The Flood", numbered, is a heading)."""
-    short = _TERMINAL.search(sentence) is None and len(sentence.split()) <= 12
+    Thaka Velwyn" is one even alone in its paragraph; "Chapter 3: The Flood", numbered, is a heading).
+    A line ending in a comma is a letter's greeting or closing ("Dear Ms Vane,", "With best wishes,"):
+    it names no section, so it is never what the paragraphs below it are about."""
+    short = _TERMINAL.search(sentence) is None and len(sentence.split()) <= 12 and not _is_greeting(sentence)
     if not short:
         return False
     kv = _KEY_VALUE.match(_BULLET.sub("", sentence.strip()))
     if kv is None:
         return True
     return len(paragraph) == 1 and any(ch.isdigit() for ch in kv.group("key"))
+
+
+def _is_greeting(sentence: str) -> bool:
+    """A letter's greeting or closing line ("Dear Ms Vane,", "To all staff of the water board,", "With best wishes,")."""
+    return sentence.rstrip().endswith(",") and len(sentence.split()) <= 12
 
 
 _NUMBER = re.compile(r"\d|\b[IVXLCDM]+\b")  # a digit or a roman numeral
@@ -240,13 +261,23 @@ def _numbering_headings(headings: list[str]) -> set[str]:
 
 
 # What may stand before an instruction's verb in its own clause: "If it fails, hold ...", "First, switch ..."
-_BEFORE_INSTRUCTION = {"advcl", "advmod", "mark", "punct", "cc", "npadvmod", "prep"}
+_BEFORE_INSTRUCTION = {"advcl", "advmod", "mark", "punct", "cc", "npadvmod", "prep", "intj"}  # "intj": "Please read ..."
+
+
+def _mistagged_command(token) -> bool:
+    """A sentence's first word heading it with a direct object and no subject: a command whatever the
+    tagger called it (the small pipeline tags "Clean the filter ..." NNP and "Empty the tray ..." JJ)."""
+    children = list(token.children)
+    return (token.dep_ == "ROOT" and token.i == token.sent.start and token.is_alpha and token.pos_ != "AUX"
+            and any(c.dep_ == "dobj" for c in children) and not any(c.dep_ in _SUBJECTS | _AUXES for c in children))
 
 
 def _is_instruction(verb) -> bool:
     """A bare verb opening its clause with no subject, on its own or joined by a conjunction to one
     ("Clean the filter once a month", "Open the valve and drain the tank"). Whatever precedes it must be
     an adverbial, so a mis-tagged word inside a name or a fragment is not taken for a command."""
+    if _mistagged_command(verb):
+        return True
     if verb.tag_ != "VB" or any(c.dep_ in _SUBJECTS | _AUXES for c in verb.children):
         return False
     if any(c.i < verb.i and c.dep_ not in _BEFORE_INSTRUCTION for c in verb.children):
@@ -390,13 +421,52 @@ def _resolved(subject, ctx: _Context, antecedent: str | None = None) -> str | No
         return ctx.person  # "Ilves hid ..." asked about "Margarethe Ilves"
     poss = [t for t in tokens if t.dep_ == "poss" and (t.pos_ == "PRON" or t.tag_ in _RELATIVE)]
     if not poss:
-        return _text(tokens)
+        return _as_described(subject, tokens, ctx) or _text(tokens)
     owner = antecedent if poss[0].tag_ in _RELATIVE else _pronoun_antecedent(poss[0].lower_, ctx)
     if owner is None:
         return None
     k = tokens.index(poss[0])
     rest = _text(tokens[k + 1 :])
     return " ".join(w for w in (_text(tokens[:k]), "the", rest, "of", owner) if w)
+
+
+# What makes a noun's description in the document: the nouns before it and the phrases after it.
+_DESCRIBING = {"compound", "prep", "acl", "relcl", "appos", "poss", "nmod"}
+
+
+def _description(noun) -> tuple[str, str] | None:
+    """(nouns before it, prepositional phrases after it) of a noun that has either: "the padlock
+    combination for the chemical store" → ("padlock", "for the chemical store"); None for a bare noun."""
+    compounds = [c for c in noun.children if c.dep_ == "compound" and c.i < noun.i]
+    preps = [c for c in noun.children if c.dep_ == "prep" and c.i > noun.i]
+    before = _text([t for c in compounds for t in c.subtree]) if compounds else ""
+    after = ""
+    if preps and preps[0].i == noun.i + 1:
+        span = list(noun.doc[preps[0].i : preps[-1].right_edge.i + 1])
+        if not any(t.dep_ in _CLAUSE_BREAKS - {"punct"} or t.is_punct for t in span) and len(span) <= 8:
+            after = _text(span)
+    return (before, after) if before or after else None
+
+
+def _remember_descriptions(sent, ctx: _Context) -> None:
+    for tok in sent:
+        if tok.pos_ == "NOUN" and (desc := _description(tok)) is not None:
+            ctx.described[tok.lemma_.lower()] = desc
+
+
+def _as_described(subject, tokens, ctx: _Context) -> str | None:
+    """A bare definite subject named as the paragraph described it before: "The new combination is
+    6184" after "The padlock combination for the chemical store ..." → "the new padlock combination for
+    the chemical store" (a question about "the new combination" picks out nothing once the paragraph is gone)."""
+    if subject.pos_ != "NOUN" or any(c.dep_ in _DESCRIBING for c in subject.children):
+        return None
+    if not any(c.dep_ == "det" and c.lower_ == "the" for c in subject.children):
+        return None
+    desc = ctx.described.get(subject.lemma_.lower())
+    if desc is None:
+        return None
+    before = [t for t in tokens if t.i < subject.i]  # "the new"
+    return " ".join(w for w in (_text(before), desc[0], subject.text, desc[1]) if w)
 
 
 def _same_person(token, ctx: _Context) -> bool:
@@ -455,7 +525,7 @@ def _clauses(sent, ctx: _Context) -> Iterator[_Clause]:
     """The main clause, the clauses coordinated with it ("…, and the labels are printed in Dunmore")
     and relative clauses ("… a wagon that carried salt over the Pass")."""
     root = sent.root
-    if root.pos_ not in ("VERB", "AUX"):
+    if root.pos_ not in ("VERB", "AUX") and not _mistagged_command(root):
         return
     subject = next((c for c in root.children if c.dep_ in _SUBJECTS), None)
     yield _Clause(root, subject, ctx)
@@ -752,7 +822,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 18  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 19  # bump when the rules change, so cached pairs are regenerated
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
         self.max_pairs = max_pairs
@@ -797,6 +867,8 @@ class RuleQAGenerator:
                     topic = ctx.topic = heading or topic
                     if heading:  # a section's number is no fact of the document ("Section ____" → 7)
                         pairs += self.heading_pairs(sentence, doc, index)
+                elif _is_greeting(sentence):  # its names only ("To all staff of the ____," → the board's name)
+                    pairs += self.heading_pairs(sentence, doc, index, hint=None)
                 elif not sentence.rstrip().endswith("?") and re.search(r"[^\W\d_]", _BULLET.sub("", sentence)):  # a question states no fact; it frames the next answer
                     pairs += self.sentence_pairs(sentence, doc, index, ctx, asked if index - asked_at <= 4 else None)
                 if sentence.rstrip().endswith("?"):
@@ -864,6 +936,7 @@ class RuleQAGenerator:
                 # is that person ("she married Anton Sepp", "Ilves hid the plates in Haapsalu") stays about them
                 in_subject = [n for n in people + names if n.start <= subj.i < n.end] if subj is not None else []
                 ctx.person = (in_subject[0] if in_subject else (people or names)[-1]).text
+            _remember_descriptions(sent, ctx)
         # a cloze for every fact: the direction that always exists
         for fact in facts_all:
             if (q := cloze(sentence, fact.text, hint)) is not None:
@@ -877,10 +950,10 @@ class RuleQAGenerator:
         main = set(stated) | {f.text for f in facts_all if f.root.head == f.root.sent.root and f.root.dep_ in _SUBJECTS | _COMPLEMENTS}
         return self._select(candidates, sentence, index, strong, stated, main) + ([reverse] if reverse else [])
 
-    def heading_pairs(self, sentence: str, doc, index: int) -> list[QAPair]:
+    def heading_pairs(self, sentence: str, doc, index: int, hint: str | None = "a heading") -> list[QAPair]:
         """A title or section name states facts too ("... Model TR-44"): a cloze for each name, number or code."""
         facts = [f for sent in doc.sents for f in fact_spans(sent) if _salient(f)]
-        candidates = [(q, f.text, "cloze") for f in facts if (q := cloze(sentence, f.text, "a heading")) is not None]
+        candidates = [(q, f.text, "cloze") for f in facts if (q := cloze(sentence, f.text, hint)) is not None]
         return self._select(candidates, sentence, index, {f.text for f in facts})
 
     def _select(self, candidates: list[tuple[str, str, str]], sentence: str, index: int, strong: set[str],
