@@ -300,6 +300,53 @@ def test_a_bare_definite_subject_is_named_as_the_paragraph_described_it():
     assert ("What is the new password?", "8812") not in qa, qa
 
 
+def test_rules_ask_how_many_there_are_and_name_the_counted_noun_whole():
+    """ "There are 17 mooring buoys along the north quay" is asked how many there are, with the nouns
+    between the number and what it counts ("How many buoys" would not pick out these); nothing asks
+    "What are there ...?", and no blank cuts a hyphenated word."""
+    text = ("The harbour has a long history. There are 17 mooring buoys along the north quay. "
+            "There will be nine food stalls at the festival. The rowing club owns seven racing boats. "
+            "A third of the fleet are e-boats.")
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("How many mooring buoys are there along the north quay?", "17 mooring buoys") in qa, qa
+    assert ("How many food stalls will there be at the festival?", "nine food stalls") in qa, qa
+    assert ("How many racing boats does the rowing club own?", "seven racing boats") in qa, qa
+    assert not any(q.startswith(("What are there", "What will there")) for q, _ in qa), qa
+    assert not any(a in ("e", "boats") for _, a in qa), qa  # a piece of "e-boats" is no answer
+
+
+def test_rules_ask_an_age_how_old_a_repetition_how_often_and_keep_a_phone_number_whole():
+    """ "at least 18 years old" is an age, not an amount of time; "at least twice a week" says how often
+    whether or not the recogniser dated it; digit groups written apart are one number, never a time;
+    "Our wardens" are the document's wardens."""
+    text = ("Volunteers must be at least 18 years old. Our wardens patrol the dunes at least twice a week. "
+            "For urgent repairs, ring the caretaker on 01632 960 118.")
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("How old must volunteers be?", "at least 18 years old") in qa, qa
+    assert not any(q.startswith("How long") for q, _ in qa), qa
+    assert ("How often do the wardens patrol the dunes?", "at least twice a week") in qa, qa
+    assert any(a == "01632 960 118" for _, a in qa), qa
+    assert not any(a in ("01632", "960 118") for _, a in qa), qa
+
+
+def test_a_name_is_asked_through_its_title_and_the_participle_that_names_it():
+    """ "Club secretary Ewan Tolliver said ..." is asked who the club secretary is; "The lighthouse,
+    designed by the engineer Agnes Morrow, ..." who designed the lighthouse; the answer is the name, not
+    the title with it. A code after its noun ("the code PV-9328") stays a code."""
+    text = ("Club secretary Ewan Tolliver said the quay would reopen. "
+            "The lighthouse, designed by the engineer Agnes Morrow, was lit in 1872. "
+            "The store room opens with the code PV-9328.")
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    qa = {(p.question, p.answer) for p in kept}
+    assert any(q in ("Who is the club secretary?", "What is the name of the club secretary?") and a == "Ewan Tolliver"
+               for q, a in qa), qa
+    assert ("Who designed the lighthouse?", "Agnes Morrow") in qa, qa
+    assert not any(a.startswith(("engineer", "Club secretary")) for _, a in qa), qa
+    assert not any("name of the code" in q for q, _ in qa), qa
+
+
 def test_rules_ask_amounts_of_time_how_long_and_labels_what():
     """ "takes one full day" is a duration, "bus number 41" a label (the number follows its noun), "the
     summer raffle" a raffle rather than a time, and what follows "so" is another clause."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -81,11 +82,13 @@ def load_pipeline():
 # --- facts ------------------------------------------------------------------------------------------
 
 
-def _trim(span):
+def _trim(span, entity: bool = False):
     """A span without leading determiners/possessives or trailing punctuation (the answer to give).
     A negating determiner stays: "no more than 150 metres" without it states the opposite."""
     doc, start, end = span.doc, span.start, span.end
-    while start < end - 1 and (doc[start].is_punct or doc[start].dep_ in ("det", "poss") or doc[start].pos_ == "DET") and doc[start].lower_ != "no":
+    # an entity's leading verb is one the recogniser took in ("sits 1.2 metres"), no part of the amount
+    leading = ("DET", "VERB", "AUX") if entity else ("DET",)
+    while start < end - 1 and (doc[start].is_punct or doc[start].dep_ in ("det", "poss") or doc[start].pos_ in leading) and doc[start].lower_ != "no":
         start += 1
     while end > start and (doc[end - 1].is_punct and doc[end - 1].text not in ")%"):
         end -= 1
@@ -99,7 +102,7 @@ def _trim(span):
 def fact_spans(sent) -> list:
     """The fact-bearing spans of one parsed sentence, longest first, none overlapping another."""
     doc = sent.doc
-    found = [_trim(e) for e in sent.ents]
+    found = [_trim(e, entity=True) for e in sent.ents]
     for m in _HAS_DIGIT.finditer(sent.text):
         span = doc.char_span(sent.start_char + m.start(), sent.start_char + m.end(), alignment_mode="expand")
         if span is not None:
@@ -122,9 +125,18 @@ def fact_spans(sent) -> list:
             before = doc[tok.i - 1]
             start = tok.i - 1 if before.is_alpha and before.is_lower and not before.is_stop else tok.i
             found.append(_trim(doc[start : tok.i + 1]))
+    found += _repetitions(sent)
+    digits = [t for t in sent if t.text.isdigit()]
+    for first, second in zip(digits, digits[1:]):  # groups of digits written apart are one number: "01632 960 118"
+        start = _digit_group_start(first)
+        # (not a year and a count: "In 1998 1200 people came"; a phone number starts with 0 or has three groups)
+        if second.i == first.i + 1 and first.whitespace_ and (doc[start].text.startswith("0") or second.i - start >= 2):
+            found.append(doc[start : second.i + 1])
     for chunk in sent.noun_chunks:
         if chunk.root.dep_ in ("dobj", "attr", "oprd", "pobj", "nsubj", "nsubjpass", "appos") and chunk.root.pos_ in ("NOUN", "PROPN"):
             words = [t for t in chunk if t.dep_ not in ("det", "poss", "case") and not t.is_punct]
+            if (title := _title(words)) is not None:
+                words = words[len(title):]  # "the architect Lydia Crane": the fact is the name
             if words and len(words) <= MAX_ANSWER_WORDS:
                 found.append(doc[words[0].i : words[-1].i + 1])
             conjuncts = [c for c in chunk.root.subtree if c.dep_ == "conj"]
@@ -152,7 +164,7 @@ def fact_spans(sent) -> list:
         # (a name mid-sentence is kept even when it spells a stop word: the month "May")
         if all(t.is_stop or t.is_punct for t in span) and not any(t.pos_ == "PROPN" and t.i > sent.start for t in span):
             continue
-        if _enumerator(span):
+        if _enumerator(span) or _part_of_word(span):
             continue
         spans.append(span)
     return sorted(spans, key=lambda s: s.start)
@@ -166,6 +178,63 @@ def _enumerator(span) -> bool:
             and span.end < len(span.doc) and span.doc[span.end].text == ",")
 
 
+# "twice a week", "three times a month", "once every year": a repetition, however the recogniser labelled it
+_REPETITION = re.compile(r"^(?:(?:at least|at most|about|up to) )?(?:once|twice|thrice|\w+ times) (?:a|an|per|every|each) \w+$", re.I)
+
+
+def _repetitions(sent) -> list:
+    """Spans saying how often ("at least twice a week"), found by their shape: a count of times, then
+    "a"/"per"/"every" and one noun; the recogniser dates some of these and misses others."""
+    doc, out = sent.doc, []
+    for tok in sent:
+        if tok.pos_ != "NOUN" or tok.i - 2 < sent.start or doc[tok.i - 1].lower_ not in ("a", "an", "per", "every", "each"):
+            continue
+        start = tok.i - 2
+        if doc[start].lower_ == "times" and start - 1 >= sent.start:
+            start -= 1
+        if start - 2 >= sent.start and doc[start - 1].lower_ in ("least", "most") and doc[start - 2].lower_ == "at":
+            start -= 2
+        span = doc[start : tok.i + 1]
+        if _REPETITION.match(span.text):
+            out.append(span)
+    return out
+
+
+def _digit_group_start(token) -> int:
+    """Where the run of space-separated digit groups ending at ``token`` starts."""
+    doc, i = token.doc, token.i
+    while i > token.sent.start and doc[i - 1].text.isdigit() and doc[i - 1].whitespace_:
+        i -= 1
+    return i
+
+
+def _title(words) -> list | None:
+    """The common nouns before a name that say what its bearer is ("Head librarian" of "Head librarian
+    Paulina Voss", "architect" of "architect Lydia Crane"); None when the words are no title + name."""
+    k = next((i for i, t in enumerate(words) if t.pos_ == "PROPN" and t.tag_ == "NNP" and t.text[:1].isupper() and i > 0
+              and all(w.pos_ == "PROPN" for w in words[i:])), None)
+    if k is None or words[k - 1].tag_ != "NN" or not words[k - 1].text.islower():
+        return None
+    title, name = words[:k], words[k:]
+    # written apart ("mid-Eocene", "present-day Upper Normandy" are one word), lowercase but for the
+    # sentence's first ("English chemist John Mayow": "English" describes), and a name of letters, no place
+    if any(t.i + 1 != n.i or not t.whitespace_ for t, n in zip(words, words[1:])):
+        return None
+    if not all(t.dep_ in ("compound", "amod") and (t.text.islower() or (t.i == t.sent.start and not t.ent_type_)) for t in title):
+        return None
+    if not all(t.is_alpha or t.text.rstrip(".").isalpha() for t in name) or name[-1].ent_type_ in _PLACES:
+        return None
+    return title
+
+
+def _part_of_word(span) -> bool:
+    """``span`` is a piece of a hyphenated word ("e" of "e-bikes"): a blank there teaches a letter."""
+    doc = span.doc
+    before = span.start >= 2 and doc[span.start - 1].text == "-" and not doc[span.start - 1].whitespace_ and not doc[span.start - 2].whitespace_
+    after = span.end < len(doc) and doc[span.end].text == "-" and not doc[span.end - 1].whitespace_ and not doc[span.end].whitespace_
+    return before or after
+
+
 def _with_unit(span):
     """A number with the noun it counts right after it: "at least 15" → "at least 15 centimetres"."""
     last = span.doc[span.end - 1]
@@ -177,17 +246,17 @@ def _with_unit(span):
 def _salient(span) -> bool:
     """A name, number, date, code or title (rather than a plain noun phrase)."""
     capitalised = any(t.text[:1].isupper() and t.i > t.sent.start for t in span)  # a name in mid-sentence
-    return bool(_label(span)) or capitalised or any(t.pos_ == "PROPN" for t in span) or any(ch.isdigit() for ch in span.text)
+    return bool(_label(span)) or bool(_REPETITION.match(span.text)) or capitalised or any(t.pos_ == "PROPN" for t in span) or any(ch.isdigit() for ch in span.text)
 
 
 def _label(span) -> str:
     """The entity label covering most of ``span``, 'CODE' for digit-bearing tokens, else ''."""
     overlapping = [e for e in span.doc.ents if e.start < span.end and span.start < e.end]
-    for ent in overlapping:
-        if ent.start <= span.root.i < ent.end:
-            return ent.label_
-    if overlapping:
-        return overlapping[0].label_
+    label = next((e.label_ for e in overlapping if e.start <= span.root.i < e.end), overlapping[0].label_ if overlapping else "")
+    if label in _TEMPORAL and len(span) > 1 and all(t.text.isdigit() for t in span):
+        return "CARDINAL"  # groups of digits ("0300 555 0192") are a phone or account number, not a time
+    if label:
+        return label
     if any(ch.isdigit() for ch in span.text):
         return "CODE" if any(ch.isalpha() for ch in span.text) else "CARDINAL"
     return ""
@@ -316,6 +385,8 @@ class _Clause:
         """The subject as a question should name it: pronouns resolved, sentence case undone."""
         if self.subject is None:
             return None
+        if self.subject.dep_ == "expl":  # "There are 42 stations": "How many stations are there?"
+            return "there"
         return _resolved(self.subject, self.ctx, self.antecedent)
 
     def _part_text(self, part, skip=None) -> str:
@@ -423,10 +494,13 @@ def _resolved(subject, ctx: _Context, antecedent: str | None = None) -> str | No
     if not poss:
         return _as_described(subject, tokens, ctx) or _text(tokens)
     owner = antecedent if poss[0].tag_ in _RELATIVE else _pronoun_antecedent(poss[0].lower_, ctx)
-    if owner is None:
-        return None
     k = tokens.index(poss[0])
     rest = _text(tokens[k + 1 :])
+    if owner is None and poss[0].lower_ in ("our", "your") and poss[0].head.i == subject.i:
+        # the writer's ("our mechanics") or the reader's: the one of the document, "the mechanics"
+        return " ".join(w for w in (_text(tokens[:k]), "the", rest) if w)
+    if owner is None:
+        return None
     return " ".join(w for w in (_text(tokens[:k]), "the", rest, "of", owner) if w)
 
 
@@ -542,15 +616,19 @@ def _clauses(sent, ctx: _Context) -> Iterator[_Clause]:
 def _wh(fact, part, label: str) -> tuple[str, str]:
     """(question word(s), stranded preposition) to ask for ``fact`` inside the constituent ``part``."""
     prep = part.lower_ if part.dep_ in ("prep", "agent") else ""
+    if _REPETITION.match(fact.text):  # "twice a week", before "three times" is counted
+        return "How often", ""
     counted = _counted(fact)
     if counted is not None and counted.ent_type_ not in _TEMPORAL:  # "twelve furnaces", "7421 gold coins"
-        return f"How many {counted.text}", prep
+        return f"How many {_counted_words(counted)}", prep
     # "the key number is 4187" states what, not when; "the summer raffle" is a raffle, not a time
     if label in _TEMPORAL and part.dep_ != "attr" and fact.root.ent_type_ in _TEMPORAL:
         if _frequency(fact) is not None:  # "every twelve months", "once a month": how often, not how long
             return "How often", ""
         # "eleven years", "takes one full day": an amount of time, not a point in it ("the spring of 1598", "by eight o'clock")
         duration = counted is not None and (counted.tag_ == "NNS" or part.dep_ in ("dobj", "npadvmod"))
+        if (duration and fact.doc[fact.end - 1].lower_ == "old") or (fact.end < len(fact.doc) and fact.doc[fact.end].lower_ == "old"):
+            return "How old", ""  # "at least 16 years old" is an age, not an amount of time
         return ("How long", "") if duration else ("When", "")
     if prep and label in _PLACES:
         return "Where", ""
@@ -573,6 +651,16 @@ def _counted(fact):
         if tok.dep_ == "nummod" and tok.head.pos_ == "NOUN" and tok.i < tok.head.i and (fact.start <= tok.head.i <= fact.end):
             return tok.head
     return None
+
+
+def _counted_words(counted) -> str:
+    """The counted noun with the nouns and adjectives between its number and it: "docking stations" of
+    "42 docking stations", which "How many stations" would not pick out among other stations."""
+    number = max((c for c in counted.children if c.dep_ == "nummod" and c.i < counted.i), key=lambda c: c.i)
+    between = counted.doc[number.i + 1 : counted.i]
+    if all(t.head.i == counted.i and t.dep_ in ("compound", "amod") for t in between):
+        return counted.doc[number.i + 1 : counted.i + 1].text
+    return counted.text
 
 
 def _frequency(fact) -> str | None:
@@ -732,6 +820,41 @@ def _appositive_pairs(facts: list) -> list[tuple[str, str, str]]:
     return out
 
 
+def _title_pairs(facts: list) -> list[tuple[str, str, str]]:
+    """A name after the title its bearer holds ("Head librarian Paulina Voss said ...") asked through
+    the title: "Who is the head librarian?" (a person), else "What is the name of the head librarian?"."""
+    out = []
+    for fact in facts:
+        doc = fact.doc
+        words = [t for t in doc[fact.root.left_edge.i : fact.end] if t.dep_ not in ("det", "case") and not t.is_punct]
+        if any(t.dep_ == "poss" for t in words) or (title := _title(words)) is None or title[-1].i != fact.start - 1:
+            continue  # "the museum's architect X": whose architect is left to the cloze
+        noun = " ".join(t.text if t.text.isupper() and len(t.text) > 1 else t.text.lower() for t in title)
+        wh = "Who is" if _label(fact) == "PERSON" else "What is the name of"
+        out.append((_question(f"{wh} the {noun}"), fact.text, "name"))
+    return out
+
+
+def _participle_agent_pairs(sent, facts: list) -> list[tuple[str, str, str]]:
+    """A name after "by" in a participle describing a noun ("The hall, designed by Lydia Crane, …")
+    asked as who did it: "Who designed the hall?" (regular verbs only: "-ed" is the past tense too)."""
+    out = []
+    for verb in sent:
+        if verb.dep_ != "acl" or verb.tag_ != "VBN" or not verb.lower_.endswith("ed") or verb.head.pos_ != "NOUN" or verb.head.i > verb.i:
+            continue
+        agent = next((c for c in verb.children if c.dep_ == "agent"), None)
+        target = next((c for c in agent.children if c.dep_ == "pobj"), None) if agent is not None else None
+        # "by the engineer Agnes Morrow" may be parsed as the engineer with the name beside it
+        named = [target, *(c for c in target.children if c.dep_ == "appos")] if target is not None else []
+        fact = next((f for f in facts for t in named if f.start <= t.i < f.end and any(w.pos_ == "PROPN" for w in f)), None)
+        if fact is None or not any(t.pos_ == "PROPN" for t in fact) or _label(fact) in _PLACES:
+            continue
+        noun = _noun_phrase(verb.head)
+        if not any(t.pos_ == "PRON" for t in verb.head.lefts):
+            out.append((_question(f"Who {verb.lower_} {noun}"), fact.text, "agent"))
+    return out
+
+
 def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
     """(question, answer, direction) for each fact of the clause that a wh-question can reach."""
     out = []
@@ -753,7 +876,7 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
                 continue
             wh = "Who" if label in _PERSONAL else "What"
             if (counted := _counted(fact)) is not None and counted.ent_type_ not in _TEMPORAL:
-                wh = f"How many {counted.text}"
+                wh = f"How many {_counted_words(counted)}"
             if (noun := _named(fact)) is not None and (q := _naming_question(noun, clause, None)):
                 out.append((q, fact.text, "name"))
             out.append((_question(f"{wh} {clause.declarative_tail()}"), _answer(fact, subj, wh), "subject"))
@@ -777,6 +900,16 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
             if (active := clause.active(skip=part)) is not None:
                 out.append((_question(f"Who {active}"), _answer(fact, part, wh), "agent"))
         body = clause.inverted(skip=part)
+        if subj is not None and subj.dep_ == "expl":
+            # "There are 42 docking stations across the borough": only how many there are is asked, with the
+            # phrases placing them ("What are there?" picks out nothing)
+            if body is None or not wh.startswith("How many") or part.dep_ != "attr" or (counted := _counted(fact)) is None:
+                continue
+            placing = []
+            for prep in (c for c in counted.children if c.dep_ == "prep" and c.i > counted.i):
+                placing += itertools.takewhile(lambda t: not t.is_punct, prep.subtree)  # "of rock: igneous, ..." → "of rock"
+            out.append((_question(f"{wh} {body} {_text(placing)}"), _answer(fact, part, wh), "object"))
+            continue
         if body is None or (clause.verb.lemma_ == "be" and len(body.split()) < 3) or (clause.imperative and len(body.split()) < 5):
             continue  # "What is entry?", "What should you avoid?" pick out nothing; the cloze asks it instead
         out.append((_question(f"{wh} {body} {prep}"), _answer(fact, part, wh), "object"))
@@ -822,7 +955,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 19  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 20  # bump when the rules change, so cached pairs are regenerated
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
         self.max_pairs = max_pairs
@@ -915,7 +1048,7 @@ class RuleQAGenerator:
             for clause in clauses:
                 candidates += clause_pairs(clause, facts)
             if not kv:  # after the clause's own directions ("Who was the museum opened by?"); a record's key asks its value
-                candidates += _appositive_pairs(facts)
+                candidates += _appositive_pairs(facts) + _title_pairs(facts) + _participle_agent_pairs(sent, facts)
             if hint is None and (not clauses or clauses[0].subject is None) and ctx.heading:
                 hint = ctx.heading  # an instruction or a list item: the section says what it is about
             subj = next((c for c in sent.root.children if c.dep_ in _SUBJECTS), None)
