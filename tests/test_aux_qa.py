@@ -334,10 +334,11 @@ def test_rules_ask_an_age_how_old_a_repetition_how_often_and_keep_a_phone_number
 def test_a_name_is_asked_through_its_title_and_the_participle_that_names_it():
     """ "Club secretary Ewan Tolliver said ..." is asked who the club secretary is; "The lighthouse,
     designed by the engineer Agnes Morrow, ..." who designed the lighthouse; the answer is the name, not
-    the title with it. A code after its noun ("the code PV-9328") stays a code."""
+    the title with it. A code after its noun ("the code PV-9328") or a one-word name after a noun
+("the ship Marisol") is no person with a title."""
     text = ("Club secretary Ewan Tolliver said the quay would reopen. "
             "The lighthouse, designed by the engineer Agnes Morrow, was lit in 1872. "
-            "The store room opens with the code PV-9328.")
+            "The store room opens with the code PV-9328. The crew repainted the ship Marisol last spring.")
     _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
     qa = {(p.question, p.answer) for p in kept}
     assert any(q in ("Who is the club secretary?", "What is the name of the club secretary?") and a == "Ewan Tolliver"
@@ -345,6 +346,7 @@ def test_a_name_is_asked_through_its_title_and_the_participle_that_names_it():
     assert ("Who designed the lighthouse?", "Agnes Morrow") in qa, qa
     assert not any(a.startswith(("engineer", "Club secretary")) for _, a in qa), qa
     assert not any("name of the code" in q for q, _ in qa), qa
+    assert not any(q.endswith(("the ship?", "the code?")) for q, _ in qa), qa  # a name of one word names a thing
 
 
 def test_rules_ask_amounts_of_time_how_long_and_labels_what():

@@ -224,6 +224,8 @@ def _title(words) -> list | None:
         return None
     if not all(t.is_alpha or t.text.rstrip(".").isalpha() for t in name) or name[-1].ent_type_ in _PLACES:
         return None
+    if len(name) < 2:  # a person is named in full after a title; "the river Lessa" names a thing of that kind
+        return None
     return title
 
 
