@@ -849,7 +849,7 @@ def _participle_agent_pairs(sent, facts: list) -> list[tuple[str, str, str]]:
         # "by the engineer Agnes Morrow" may be parsed as the engineer with the name beside it
         named = [target, *(c for c in target.children if c.dep_ == "appos")] if target is not None else []
         fact = next((f for f in facts for t in named if f.start <= t.i < f.end and any(w.pos_ == "PROPN" for w in f)), None)
-        if fact is None or not any(t.pos_ == "PROPN" for t in fact) or _label(fact) in _PLACES:
+        if fact is None or _label(fact) in _PLACES:
             continue
         noun = _noun_phrase(verb.head)
         if not any(t.pos_ == "PRON" for t in verb.head.lefts):
