@@ -349,6 +349,27 @@ def test_a_name_is_asked_through_its_title_and_the_participle_that_names_it():
     assert not any(q.endswith(("the ship?", "the code?")) for q, _ in qa), qa  # a name of one word names a thing
 
 
+def test_a_cause_is_asked_why_and_a_description_beside_a_name_what_the_name_is():
+    """ "because ...", "because of ..." and "due to ..." give a cause, asked "Why" with the cause as the
+    answer (never "What was the ferry cancelled because?"); a description set between commas after a
+    name ("Robert Sayle, a geologist from Perth") says what the name is, and is not what the verb took (the name
+    is whom she married). A subject after a fronted phrase ("From 1990, the rainforest ...") is no description."""
+    text = ("Councillor Tom Pritchard sent his apologies because he was attending a training course in Lincoln. "
+            "The ferry was cancelled because of the storm. The bus was late due to snow on the hills. "
+            "Ilse Marwood married Robert Sayle, a geologist from Perth. "
+            "From 1990, the rainforest extended as far south as Harlow.")
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("Why did Councillor Tom Pritchard send his apologies?", "he was attending a training course in Lincoln") in qa, qa
+    assert ("Why was the ferry cancelled?", "because of the storm") in qa, qa
+    assert ("Why was the bus late?", "due to snow on the hills") in qa, qa
+    assert not [q for q, _ in qa if q.endswith(("because?", "due?"))], qa
+    assert ("Who was Robert Sayle?", "geologist from Perth") in qa, qa  # the description with its phrases
+    assert ("Who did Ilse Marwood marry?", "Robert Sayle") in qa, qa
+    assert not [q for q, a in qa if a == "geologist" and "marry" in q], qa
+    assert not [q for q, a in qa if a == "rainforest" and q.startswith(("Who is", "What is", "Who was", "What was"))], qa
+
+
 def test_rules_ask_amounts_of_time_how_long_and_labels_what():
     """ "takes one full day" is a duration, "bus number 41" a label (the number follows its noun), "the
     summer raffle" a raffle rather than a time, and what follows "so" is another clause."""

@@ -55,6 +55,9 @@ _RELATIVE = {"WDT", "WP", "WP$"}  # tags of "that"/"which", "who", "whose"
 _TEMPORAL = {"DATE", "TIME"}
 _PLACES = {"GPE", "LOC", "FAC"}
 _NUMERIC = {"CARDINAL", "QUANTITY", "MONEY", "PERCENT", "ORDINAL"}
+# Function words that open a cause ("because he was ill", "because of the storm", "due to the storm"):
+# grammar, like the "by" of an agent, not words of any document.
+_CAUSES = {"because", "due"}
 # A token with a digit is a fact (a number, a code, a figure) whatever the entity recogniser says.
 _HAS_DIGIT = re.compile(r"(?<![\w])[\w]*\d[\w]*(?:[-/:.,][\w]*\d?[\w]*)*(?![\w])")
 _QUOTED = re.compile(r"[\"“]([^\"”]{2,80})[\"”]")
@@ -857,6 +860,62 @@ def _participle_agent_pairs(sent, facts: list) -> list[tuple[str, str, str]]:
     return out
 
 
+def _described_pairs(facts: list) -> list[tuple[str, str, str]]:
+    """A name with a description set beside it ("she married Robert Sayle, a geologist she had met …",
+    "by Lydia Crane, an architect from Leeds") asked what the name is: "Who was Robert Sayle?" →
+    geologist. The other way round from :func:`_appositive_pairs` (a noun, then the name it names)."""
+    out = []
+    for fact in facts:
+        noun = fact.root
+        if noun.dep_ != "appos" or noun.pos_ != "NOUN" or noun.head.pos_ != "PROPN" or noun.head.i > fact.start:
+            continue
+        if not any(c.dep_ == "det" for c in noun.children) or _in_brackets(fact):
+            continue  # "Leeds, England" or an aside in brackets: no description
+        name = next((f for f in facts if f.start <= noun.head.i < f.end), None)
+        if name is None or name.end > fact.start or not all(t.pos_ == "PROPN" and t.text[:1].isupper() for t in name):
+            continue  # a list of names, a figure ("66–34 Mya"), "annual Civil War Revisited": no one name
+        doc, end = fact.doc, noun.right_edge.i + 1
+        if doc[name.end].text != "," or (end < fact.sent.end and not doc[end].is_punct):
+            continue  # the description stands between commas: "From 1990, the rainforest extended" is a subject
+        verb = noun.head.head if noun.head.dep_ != "pobj" else noun.head.head.head
+        tense = "was" if verb.tag_ in ("VBD", "VBN") else "is"
+        the = "the " if name.start > 0 and doc[name.start - 1].lower_ == "the" else ""  # "the Lantern Regatta"
+        wh = "Who" if _label(name) == "PERSON" else "What"
+        # the description with its phrases ("hill town on the river Lessa"), not a clause about it ("a
+        # geologist she had met ...": a relative clause is another statement)
+        clauses = {t.i for c in noun.children if c.dep_ in _CLAUSE_BREAKS | {"acl"} for t in c.subtree}
+        words = [t for t in noun.subtree if t.i not in clauses and t.dep_ != "det" and not t.is_punct]
+        whole = words and words[-1].i - words[0].i + 1 == len(words) and len(words) <= MAX_ANSWER_WORDS
+        out.append((_question(f"{wh} {tense} {the}{name.text}"), _text(words) if whole else fact.text, "description"))
+    return out
+
+
+def _reason_pairs(clause: _Clause) -> list[tuple[str, str, str]]:
+    """The cause a clause gives, asked "Why": "Why did Councillor Tom Pritchard send his apologies?" →
+    "because he was attending a training course in Lincoln"; "because of the storm", "due to …"."""
+    out = []
+    for child in clause.verb.children:
+        if child.dep_ == "advcl" and any(m.dep_ == "mark" and m.lower_ == "because" for m in child.children):
+            skip, marker = None, 1
+        elif child.dep_ == "prep" and child.lower_ in _CAUSES:
+            # the clause's own token object: constituents are skipped by identity
+            skip, marker = next((p for p in clause.parts if p.i == child.i), None), 2
+            if skip is None:
+                continue
+        else:
+            continue
+        body = clause.inverted(skip=skip)
+        if body is None or len(body.split()) < 3:
+            continue
+        tokens = list(child.doc[child.left_edge.i : child.right_edge.i + 1])
+        while tokens and tokens[-1].is_punct:
+            tokens.pop()
+        if len(tokens) > MAX_ANSWER_WORDS:
+            tokens = tokens[marker:]  # the cause without "because" when the whole is too long an answer
+        out.append((_question(f"Why {body}"), _text(tokens), "reason"))
+    return out
+
+
 def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
     """(question, answer, direction) for each fact of the clause that a wh-question can reach."""
     out = []
@@ -883,9 +942,11 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
                 out.append((q, fact.text, "name"))
             out.append((_question(f"{wh} {clause.declarative_tail()}"), _answer(fact, subj, wh), "subject"))
             continue
+        if fact.root.dep_ == "appos" and fact.root.pos_ == "NOUN" and fact.root.head.pos_ == "PROPN":
+            continue  # "married Robert Sayle, a geologist": the name is whom; what he is, _described_pairs asks
         part = _part_of(clause, fact)
-        if part is None:
-            continue
+        if part is None or (part.dep_ == "prep" and part.lower_ in _CAUSES):
+            continue  # "What was the ferry cancelled because?": the cause is asked "Why" (_reason_pairs)
         if (noun := _named(fact)) is not None:  # before "What does the captain keep?", which the noun answers too
             if clause.verb.lemma_ != "be" and (q := _naming_question(noun, clause, part)):
                 out.append((q, fact.text, "name"))
@@ -957,7 +1018,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 20  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 21  # bump when the rules change, so cached pairs are regenerated
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
         self.max_pairs = max_pairs
@@ -1049,8 +1110,14 @@ class RuleQAGenerator:
             clauses = list(_clauses(sent, ctx))
             for clause in clauses:
                 candidates += clause_pairs(clause, facts)
+                reasons = _reason_pairs(clause)
+                candidates += reasons
+                strong |= {a for _, a, _ in reasons}  # a reader asks why as readily as who or when
             if not kv:  # after the clause's own directions ("Who was the museum opened by?"); a record's key asks its value
                 candidates += _appositive_pairs(facts) + _title_pairs(facts) + _participle_agent_pairs(sent, facts)
+                described = _described_pairs(facts)
+                candidates += described
+                strong |= {a for _, a, _ in described}  # what a named person or thing is: "Who was Robert Sayle?"
             if hint is None and (not clauses or clauses[0].subject is None) and ctx.heading:
                 hint = ctx.heading  # an instruction or a list item: the section says what it is about
             subj = next((c for c in sent.root.children if c.dep_ in _SUBJECTS), None)
