@@ -860,6 +860,17 @@ def _participle_agent_pairs(sent, facts: list) -> list[tuple[str, str, str]]:
     return out
 
 
+def _describes_a_name(fact) -> bool:
+    """``fact`` is a common noun set in apposition after a name ("Robert Sayle, a geologist")."""
+    noun = fact.root
+    return noun.dep_ == "appos" and noun.pos_ == "NOUN" and noun.head.pos_ == "PROPN" and noun.head.i < fact.start
+
+
+def _cause_preposition(token) -> bool:
+    """``token`` opens a cause as a preposition: "because (of)", "due (to)"."""
+    return token.dep_ == "prep" and token.lower_ in _CAUSES
+
+
 def _described_pairs(facts: list) -> list[tuple[str, str, str]]:
     """A name with a description set beside it ("she married Robert Sayle, a geologist she had met …",
     "by Lydia Crane, an architect from Leeds") asked what the name is: "Who was Robert Sayle?" →
@@ -867,7 +878,7 @@ def _described_pairs(facts: list) -> list[tuple[str, str, str]]:
     out = []
     for fact in facts:
         noun = fact.root
-        if noun.dep_ != "appos" or noun.pos_ != "NOUN" or noun.head.pos_ != "PROPN" or noun.head.i > fact.start:
+        if not _describes_a_name(fact):
             continue
         if not any(c.dep_ == "det" for c in noun.children) or _in_brackets(fact):
             continue  # "Leeds, England" or an aside in brackets: no description
@@ -897,7 +908,7 @@ def _reason_pairs(clause: _Clause) -> list[tuple[str, str, str]]:
     for child in clause.verb.children:
         if child.dep_ == "advcl" and any(m.dep_ == "mark" and m.lower_ == "because" for m in child.children):
             skip, marker = None, 1
-        elif child.dep_ == "prep" and child.lower_ in _CAUSES:
+        elif _cause_preposition(child):
             # the clause's own token object: constituents are skipped by identity
             skip, marker = next((p for p in clause.parts if p.i == child.i), None), 2
             if skip is None:
@@ -942,10 +953,10 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
                 out.append((q, fact.text, "name"))
             out.append((_question(f"{wh} {clause.declarative_tail()}"), _answer(fact, subj, wh), "subject"))
             continue
-        if fact.root.dep_ == "appos" and fact.root.pos_ == "NOUN" and fact.root.head.pos_ == "PROPN":
+        if _describes_a_name(fact):
             continue  # "married Robert Sayle, a geologist": the name is whom; what he is, _described_pairs asks
         part = _part_of(clause, fact)
-        if part is None or (part.dep_ == "prep" and part.lower_ in _CAUSES):
+        if part is None or _cause_preposition(part):
             continue  # "What was the ferry cancelled because?": the cause is asked "Why" (_reason_pairs)
         if (noun := _named(fact)) is not None:  # before "What does the captain keep?", which the noun answers too
             if clause.verb.lemma_ != "be" and (q := _naming_question(noun, clause, part)):
