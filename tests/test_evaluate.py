@@ -68,6 +68,15 @@ def test_contains_answer_needs_whole_words():
     assert score_answer("Paris", ["Paris"]) == {"em": 1.0, "f1": 1.0, "rouge_l": 1.0, "contains": 1.0}
 
 
+def test_currency_signs_and_unicode_punctuation_do_not_hide_an_answer():
+    # SQuAD's ASCII-only stripping left "£48000" one word, so the answer "48,000" was never found.
+    assert contains_answer("The council's annual budget is £48,000.", ["48,000"]) == 1.0
+    assert contains_answer("It costs €12,400 in all", ["12400"]) == 1.0
+    assert exact_match("“Greenway Play”", ["Greenway Play"]) == 1.0
+    assert normalize_answer("don’t") == normalize_answer("don't") == "dont"
+    assert contains_answer("It costs £4,800", ["48"]) == 0.0  # still whole words only
+
+
 # --- loading ------------------------------------------------------------------------------------
 
 DOC_A = "Port Quillon is a harbour town. Tobias Wrenfield designed its lighthouse in 1887."

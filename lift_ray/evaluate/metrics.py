@@ -9,15 +9,26 @@ from __future__ import annotations
 import functools
 import re
 import string
+import unicodedata
 from collections import Counter
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_punctuation(ch: str) -> bool:
+    # SQuAD strips ASCII punctuation only, which leaves "£48,000" as the word "£48000" that the
+    # answer "48,000" never matches; Unicode punctuation and currency signs go the same way.
+    return ch in _PUNCTUATION or unicodedata.category(ch) in {"Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "Sc"}
+
+
 def normalize_answer(text: str) -> str:
-    """SQuAD's normalisation: lower case, no punctuation, no articles (a/an/the), single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    """SQuAD's normalisation: lower case, no punctuation, no articles (a/an/the), single spaces.
+
+    Beyond SQuAD's ASCII set, Unicode punctuation (curly quotes, dashes) and currency signs are
+    removed too, so "£48,000." contains the answer "48,000" and "don’t" equals "don't"."""
+    text = "".join(ch for ch in text.lower() if not _is_punctuation(ch))
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
