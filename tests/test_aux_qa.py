@@ -373,6 +373,30 @@ def test_a_cause_is_asked_why_and_a_description_beside_a_name_what_the_name_is()
     assert not [q for q, a in qa if a == "rainforest" and q.startswith(("Who is", "What is", "Who was", "What was"))], qa
 
 
+def test_questions_leave_out_asides_but_keep_lists_and_the_preposition_a_name_hangs_on():
+    """A modifier set off by a comma ("by local weavers, who paid ...", "Ada Finch, who had run the
+    bakery ...,") is no part of a question a reader would ask; the items of a list are, however the parser
+    attached them. A duration after "after" is not how long something lasts, and a name met through the
+    agent ("designed by an architect named Lena Voss") is asked with its "by" and never answered by the noun."""
+    text = ("The chapel at Moorfield was built in 1821 by local weavers, who paid for it with a penny a week. "
+            "Ada Finch, who had run the bakery for years, opened a tea room in 1974. "
+            "Members can borrow a kettle, a tent or a canoe for a week. "
+            "Colm Reddy will retire in June after 31 years at the depot. "
+            "The bridge was designed by an architect named Lena Voss.")
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("When was the chapel at Moorfield built by local weavers?", "1821") in qa, qa
+    assert ("When did Ada Finch open a tea room?", "1974") in qa, qa
+    asked = [q for q, _ in qa if not q.startswith("Fill in")]
+    assert not [q for q in asked if "who paid" in q or "who had run" in q], qa
+    assert [q for q in asked if "a kettle, a tent or a canoe" in q], qa
+    assert not [q for q in asked if "a kettle" in q and "a canoe" not in q], qa
+    assert not [q for q, a in qa if q.startswith("How long") and a == "31 years"], qa
+    assert ("What is the name of the architect that the bridge was designed by?", "Lena Voss") in qa, qa
+    assert ("Who designed the bridge?", "Lena Voss") in qa, qa
+    assert not [q for q, a in qa if a == "architect" and not q.startswith("Fill in")], qa
+
+
 def test_rules_ask_amounts_of_time_how_long_and_labels_what():
     """ "takes one full day" is a duration, "bus number 41" a label (the number follows its noun), "the
     summer raffle" a raffle rather than a time, and what follows "so" is another clause."""

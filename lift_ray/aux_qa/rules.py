@@ -397,7 +397,7 @@ class _Clause:
     def _part_text(self, part, skip=None) -> str:
         """A constituent's words, without the comma or conjunction that ends its range, nor the words
         of ``skip`` where that lies inside it (a constituent of an infinitive: "plans to build ____")."""
-        tokens = list(part.doc[part.left_edge.i : part.right_edge.i + 1])
+        tokens = _without_asides(list(part.doc[part.left_edge.i : part.right_edge.i + 1]))
         if skip is not None:
             tokens = [t for t in tokens if not skip.left_edge.i <= t.i <= skip.right_edge.i]
         while tokens and (tokens[-1].is_punct or tokens[-1].dep_ == "cc"):
@@ -479,16 +479,40 @@ def _text(tokens) -> str:
     if not tokens:
         return ""
     first = tokens[0]
-    out = "".join(t.text_with_ws for t in tokens).strip()
+    # where words were left out between two tokens, a space keeps them apart ("13%" + "with")
+    out = "".join(t.text_with_ws if (n is None or n.i == t.i + 1 or t.whitespace_) else t.text + " "
+                  for t, n in zip(tokens, [*tokens[1:], None])).strip()
     if first.i == first.sent.start and first.pos_ != "PROPN" and not (first.text.isupper() and len(first.text) > 1):
         out = first.text.lower() + out[len(first.text):]
     return out
 
 
+# Modifiers set off by a comma add to what they follow without picking it out ("by Methodist weavers,
+# who paid a penny a week each"); a question that carries them is one no reader would ask.
+_ASIDES = {"relcl", "appos", "advcl"}
+
+
+def _without_asides(tokens: list) -> list:
+    """``tokens`` (a contiguous phrase) without the modifiers inside it that a comma sets off."""
+    if not tokens:
+        return tokens
+    doc, first, drop = tokens[0].doc, tokens[0].i, set()
+    for t in tokens:
+        if t.dep_ not in _ASIDES or not first <= t.head.i < t.left_edge.i - 1 or doc[t.left_edge.i - 1].text != ",":
+            continue  # only a modifier after what it modifies, opened by a comma, both inside the phrase
+        if t.dep_ == "appos" and (sum(c.dep_ == "appos" for c in t.head.children) > 1
+                                  or any(c.dep_ in ("cc", "conj") for c in t.children)):
+            continue  # "a sewing machine, a telescope or a ukulele": the items of a list, not an aside
+        drop.update(range(t.left_edge.i - 1, t.right_edge.i + 1))
+        if t.right_edge.i + 1 < len(doc) and doc[t.right_edge.i + 1].text == ",":
+            drop.add(t.right_edge.i + 1)  # the comma closing it
+    return [t for t in tokens if t.i not in drop] if drop else tokens
+
+
 def _resolved(subject, ctx: _Context, antecedent: str | None = None) -> str | None:
     """The subject phrase with a pronoun (or a possessive inside it) replaced by its antecedent;
     ``antecedent`` is what a relative pronoun ("that", "which", "whose") stands for."""
-    tokens = list(subject.doc[subject.left_edge.i : subject.right_edge.i + 1])
+    tokens = _without_asides(list(subject.doc[subject.left_edge.i : subject.right_edge.i + 1]))
     if subject.tag_ in _RELATIVE:
         return antecedent
     if subject.pos_ == "PRON":
@@ -782,6 +806,10 @@ def _naming_question(noun, clause: _Clause, part) -> str | None:
     rest = clause.declarative_tail() if part is None else clause.relative(skip=part)
     if rest is None:
         return None
+    if part is not None and part.dep_ in ("prep", "agent"):
+        if noun.head.i != part.i:
+            return None  # "in the garden of a house named …": the clause relates to the garden, not the house
+        rest = f"{rest} {part.lower_}"  # "that the lighthouse was designed by", "that she sailed on"
     return _question(f"What is the name of the {_text(words)} that {rest}")
 
 
@@ -964,9 +992,14 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
             elif clause.verb.lemma_ == "be" and noun.i == part.i and not clause.auxes and (subj_text := clause.subject_text()):
                 # "The watchman is a man named Osric Fell": the name is what the subject is called
                 out.append((_question(f"What {clause.verb.text.lower()} the name of {subj_text}"), fact.text, "name"))
-        if clause.verb.lemma_ == "be" and any((named := _named(f)) is not None and named.i == fact.root.i for f in facts):
-            continue  # "What is the watchman?" → "man" would be taught where the name is the answer
+        if (clause.verb.lemma_ == "be" or part.dep_ == "agent") and any(
+                (named := _named(f)) is not None and named.i == fact.root.i for f in facts):
+            # "What is the watchman?" → "man", "What was the bridge designed by?" → "architect" would be
+            # taught where the name is the answer
+            continue
         wh, prep = _wh(fact, part, label)
+        if wh == "How long" and part.dep_ == "prep" and part.lower_ not in ("for", "over", "during"):
+            continue  # "retire after 22 years": how long it lasted is not what "after" says; the cloze asks it
         if part.dep_ == "npadvmod" and wh in ("What", "Who"):
             continue  # an adverbial noun ("every June") the recogniser did not date: what it is, the cloze asks
         if part.dep_ == "agent" and label not in _PLACES and any(t.pos_ == "PROPN" for t in fact):
@@ -1029,7 +1062,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 21  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 22  # bump when the rules change, so cached pairs are regenerated
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
         self.max_pairs = max_pairs
