@@ -397,6 +397,16 @@ def test_questions_leave_out_asides_but_keep_lists_and_the_preposition_a_name_ha
     assert not [q for q, a in qa if a == "architect" and not q.startswith("Fill in")], qa
 
 
+def test_a_name_given_by_a_participle_the_tagger_calls_a_past_tense_is_still_a_name():
+    """ "a small red launch named the Silver Tern": the small pipeline tags this "named" VBD; it still
+    modifies the noun (acl), so the name is what the boat is called, and "small red launch" no answer to
+    "What is the boat to the island?"."""
+    _, kept, _ = _pairs("The boat to the island is a small red launch named the Silver Tern.", max_pairs_per_sentence=6)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("What is the name of the boat to the island?", "Silver Tern") in qa, qa
+    assert not [q for q, a in qa if a == "small red launch" and not q.startswith("Fill in")], qa
+
+
 def test_rules_ask_amounts_of_time_how_long_and_labels_what():
     """ "takes one full day" is a duration, "bus number 41" a label (the number follows its noun), "the
     summer raffle" a raffle rather than a time, and what follows "so" is another clause."""

@@ -793,7 +793,8 @@ def _named(fact):
     modifying a noun (``acl``), the way prose introduces a name ("a ship named ...", "a dog called ...").
     """
     verb = fact.root.head
-    if fact.root.dep_ == "oprd" and verb.dep_ == "acl" and verb.tag_ == "VBN" and verb.head.pos_ in ("NOUN", "PROPN"):
+    # the tagger calls some such participles a past tense ("a steamer named the Gull Maiden": VBD); "acl" says what it is
+    if fact.root.dep_ == "oprd" and verb.dep_ == "acl" and verb.tag_ in ("VBN", "VBD") and verb.head.pos_ in ("NOUN", "PROPN"):
         return verb.head
     return None
 
