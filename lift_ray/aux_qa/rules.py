@@ -16,7 +16,10 @@ and its clause structure, and questions are formed by moving a constituent out o
   press the red button?"), a repetition asked "How often" ("every six weeks"); and for every fact a
   cloze with exactly one blank;
 * **naming the subject**: pronoun subjects and possessives are replaced by the paragraph's topic
-  (the last non-pronoun subject, or the section heading), so a question picks out what it asks about.
+  (the last non-pronoun subject, or the section heading), so a question picks out what it asks about;
+* **what a question leaves out**: the modifiers a comma sets off (a non-restrictive relative clause,
+  an apposition, an adverbial clause: "built in 1821 by local weavers, who paid …" is asked "When was
+  the chapel built by local weavers?"), never the items of a list.
 
 Every pair's answer is a span of its evidence sentence; :func:`lift_ray.aux_qa.evidence.verify`
 checks that again, and questions that would get two different answers are dropped.
