@@ -412,7 +412,7 @@ class _Clause:
         inner, after, fronted = [], [], []
         subj_i = self.subject.i if self.subject is not None else -1
         for part in self.parts:
-            if part is skip:
+            if skip is not None and part.i == skip.i:  # by position: spaCy makes a new Token object per access
                 continue
             if self.relative_object is not None and part.i == self.relative_object[0].i:
                 after.insert(0, self.relative_object[1])  # the object in its place after the verb
@@ -940,11 +940,8 @@ def _reason_pairs(clause: _Clause) -> list[tuple[str, str, str]]:
     for child in clause.verb.children:
         if child.dep_ == "advcl" and any(m.dep_ == "mark" and m.lower_ == "because" for m in child.children):
             skip, marker = None, 1
-        elif _cause_preposition(child):
-            # the clause's own token object: constituents are skipped by identity
-            skip, marker = next((p for p in clause.parts if p.i == child.i), None), 2
-            if skip is None:
-                continue
+        elif _cause_preposition(child) and any(p.i == child.i for p in clause.parts):  # not one after a conjunction
+            skip, marker = child, 2
         else:
             continue
         body = clause.inverted(skip=skip)
