@@ -818,3 +818,41 @@ def test_qa_samples_without_the_document_match_the_lift_prompt(tiny_loaded):
     for pair, s in zip(pairs, samples):
         prompt, target = _expected_qa_sample(tok, pair, "lift", None)
         assert s.input_ids == prompt + target and s.prefix_len == len(fmt.user_start)
+
+
+def test_a_surname_and_a_gerund_are_asked_about_the_person_named_before():
+    """"Greer" after "Tomas Greer", "Anna" after "Anna Lowe" is that person, not whoever was named last; a
+    gerund sharing the main clause's subject ("After qualifying in 1956 he joined ...") is asked in the
+    main verb's tense. Fails on version 22 (which asked "When did Anna die?" and "When was Greer elected ...")."""
+    text = ("Tomas Greer was born in Ayr in 1931. After qualifying in 1956 he joined a practice in Perth. "
+            "In 1960 he married Anna Lowe, a teacher from Oban. Anna died in 2001. "
+            "Greer was elected to the Royal Society in 1979.")
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("When did Tomas Greer qualify?", "1956") in qa, qa
+    assert ("When did Anna Lowe die?", "2001") in qa, qa
+    assert ("When was Tomas Greer elected to the Royal Society?", "1979") in qa, qa
+    assert ("Who was elected to the Royal Society in 1979?", "Greer") in qa, qa
+    assert not [q for q, _ in qa if "Anna Lowe elected" in q or "of Anna" in q], qa
+
+
+def test_the_writer_and_reader_instructions_labels_and_split_compounds():
+    """"we"/"you" are asked in the document's voice when the question still names a fact; an instruction's
+    opening phrase goes after its verb; "a mile" and "the 555 bus" count nothing; a noun compound the parser
+    cut in two ("sell day passes": "passes" tagged a verb) gets no question with half of it stranded. Fails on
+    version 22 (no "we"/"you" questions; "should you from the car park follow", "How many bus")."""
+    text = ("From the car park, follow the old railway line north for two miles. "
+            "We have planted around 300 new trees this winter. "
+            "You will receive 20 extra minutes to find a free bay. "
+            "On arriving at Keswick, take the 555 bus. "
+            "Walk along the canal for about a mile. "
+            "We sell day passes at the kiosk by the town hall.")
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    qa = {(p.question, p.answer) for p in kept}
+    asked = {q: a for q, a in qa if not q.startswith("Fill in")}
+    assert ("How many new trees have we planted this winter?", "around 300 new trees") in qa, qa
+    assert ("How long will you receive to find a free bay?", "20 extra minutes") in qa, qa
+    assert ("What should you take on arriving at Keswick?", "555 bus") in qa, qa
+    assert not [q for q in asked if "should you from" in q or q.startswith("How many mile ") or "How many bus" in q], qa
+    assert "day" not in asked.values(), qa
+    assert not [q for q in asked if len(q.split()) < 6 and (" you " in q or " we " in q)], qa

@@ -16,7 +16,10 @@ and its clause structure, and questions are formed by moving a constituent out o
   press the red button?"), a repetition asked "How often" ("every six weeks"); and for every fact a
   cloze with exactly one blank;
 * **naming the subject**: pronoun subjects and possessives are replaced by the paragraph's topic
-  (the last non-pronoun subject, or the section heading), so a question picks out what it asks about;
+  (the last non-pronoun subject, or the section heading) or the person named last, a surname by the
+  full name it was first given, so a question picks out what it asks about; "we" and "you" (the
+  writer, the reader) stay as written where the question still names a fact; a gerund sharing the
+  clause's subject ("After graduating in 1954 she …") is asked in the main verb's tense;
 * **what a question leaves out**: the modifiers a comma sets off (a non-restrictive relative clause,
   an apposition, an adverbial clause: "built in 1821 by local weavers, who paid …" is asked "When was
   the chapel built by local weavers?"), never the items of a list.
@@ -285,6 +288,7 @@ class _Context:
     # how the paragraph described a noun before: "the padlock combination for the chemical store" makes
     # a later bare "the new combination" that combination ({"combination": ("padlock", "for the chemical store")})
     described: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    people: list[str] = dataclasses.field(default_factory=list)  # every person the recogniser named in full so far, the latest last
 
 
 def _parse_text(sentence: str) -> str:
@@ -367,8 +371,11 @@ def _is_instruction(verb) -> bool:
 class _Clause:
     """A verb with its subject, auxiliaries and the other constituents, each a contiguous token range."""
 
-    def __init__(self, verb, subject, ctx: _Context, antecedent: str | None = None, relative_object=None):
+    def __init__(self, verb, subject, ctx: _Context, antecedent: str | None = None, relative_object=None, tense=None):
         self.verb = verb
+        # a gerund sharing the main clause's subject ("After graduating in 1954 she took a post") is asked in
+        # the main verb's tense ("When did she graduate?"); ``tense`` is that finite verb
+        self.tense = tense
         self.subject = subject  # a token (head of the subject) or None
         self.antecedent = antecedent  # what a relative pronoun ("that", "whose") in the subject stands for
         # an object relative ("a stew, which the owner serves on Saturdays"): (the pronoun, what it stands for)
@@ -420,7 +427,7 @@ class _Clause:
             words = self._part_text(part, skip)
             if part.i > self.verb.i:
                 after.append(words)
-            elif part.i > subj_i:
+            elif part.i > subj_i and self.subject is not None:  # an instruction's opening phrase goes after its verb
                 inner.append(words)
             else:
                 fronted.append(words)
@@ -434,6 +441,10 @@ class _Clause:
         subj = self.subject_text()
         if subj is None:
             return None
+        if self.tense is not None:
+            inner, body = self._pieces(skip)
+            do = {"VBD": "did", "VBZ": "does"}.get(self.tense.tag_, "do")
+            return " ".join([do, subj, *inner, self.verb.lemma_, *body])
         negs = [t.text for t in self.negs]
         inner, body = self._pieces(skip)
         v = self.verb
@@ -452,7 +463,7 @@ class _Clause:
     def relative(self, skip) -> str | None:
         """The clause in statement order with ``skip`` left out: "the captain of the ferry keeps"."""
         subj = self.subject_text()
-        if subj is None:
+        if subj is None or self.tense is not None:
             return None
         inner, body = self._pieces(skip)
         return " ".join([subj, *[a.text for a in self.auxes], *[t.text for t in self.negs], *inner, self.verb.text, *body])
@@ -519,9 +530,15 @@ def _resolved(subject, ctx: _Context, antecedent: str | None = None) -> str | No
     if subject.tag_ in _RELATIVE:
         return antecedent
     if subject.pos_ == "PRON":
+        if subject.lower_ in ("we", "you") and len(tokens) == 1:
+            # the writer or the reader, in the document's own voice ("How many new books have we bought?");
+            # only a subject-side question about them is never asked (clause_pairs)
+            return subject.lower_
         return _pronoun_antecedent(subject.lower_, ctx)
     if len(tokens) == 1 and _same_person(subject, ctx):
         return ctx.person  # "Ilves hid ..." asked about "Margarethe Ilves"
+    if len(tokens) == 1 and (known := _known_person(subject, ctx)):
+        return known  # "Robert died in 1999" after "she married Robert Sayle"
     poss = [t for t in tokens if t.dep_ == "poss" and (t.pos_ == "PRON" or t.tag_ in _RELATIVE)]
     if not poss:
         return _as_described(subject, tokens, ctx) or _text(tokens)
@@ -583,6 +600,15 @@ def _same_person(token, ctx: _Context) -> bool:
     return token.lower_ in ("he", "she") or named
 
 
+def _known_person(token, ctx: _Context) -> str | None:
+    """The full name of a person named before of whom ``token`` is one word ("Marwood" after "Ilse
+    Marwood"), the latest such; None for a word of no earlier name or a name already in full."""
+    # "Marwood" opening a sentence is tagged NN; "Scotland" (a place) is no word of "Scotland Act"'s person
+    if token.pos_ not in ("PROPN", "NOUN") or not token.text[:1].isupper() or token.ent_type_ not in ("", "PERSON"):
+        return None
+    return next((p for p in reversed(ctx.people) if token.text in p.split() and p != token.text), None)
+
+
 def _pronoun_antecedent(pronoun: str, ctx: _Context) -> str | None:
     """The antecedent of a personal pronoun or possessive (None: "we", "you", "who", ...: nobody to name)."""
     if pronoun in ("he", "she", "him", "her", "his", "hers"):
@@ -635,6 +661,11 @@ def _clauses(sent, ctx: _Context) -> Iterator[_Clause]:
         return
     subject = next((c for c in root.children if c.dep_ in _SUBJECTS), None)
     yield _Clause(root, subject, ctx)
+    if subject is not None and root.tag_ in ("VBD", "VBZ", "VBP") and not any(c.dep_ in _AUXES for c in root.children):
+        for prep in root.children:  # "After graduating in 1954 she took ...": when did she graduate
+            gerund = next((c for c in prep.children if c.dep_ == "pcomp" and c.tag_ == "VBG"), None) if prep.dep_ == "prep" else None
+            if gerund is not None and not any(c.dep_ in _SUBJECTS | _AUXES for c in gerund.children):
+                yield _Clause(gerund, subject, ctx, tense=root)
     for conj in root.children:
         if conj.dep_ == "conj" and conj.pos_ in ("VERB", "AUX"):
             own = next((c for c in conj.children if c.dep_ in _SUBJECTS), None)
@@ -681,7 +712,10 @@ def _counted(fact):
     for tok in fact:
         # a number before its noun counts it; after it, the number labels it ("bus number 41": what number?)
         if tok.dep_ == "nummod" and tok.head.pos_ == "NOUN" and tok.i < tok.head.i and (fact.start <= tok.head.i <= fact.end):
-            return tok.head
+            # "about a mile" measures, it does not count ("How many mile ...?"): the parser calls "a" a number too
+            # "the 592 bus" labels one bus: a singular noun is counted by "one" alone
+            counts = tok.lower_ not in ("a", "an") and (tok.head.tag_ != "NN" or tok.lower_ in ("one", "1"))
+            return tok.head if counts else None
     return None
 
 
@@ -956,14 +990,28 @@ def _reason_pairs(clause: _Clause) -> list[tuple[str, str, str]]:
     return out
 
 
+def _split_noun(fact) -> bool:
+    """The parser cut a noun compound after ``fact``: the next word is a lower-case noun (or a noun it
+    tagged as a verb) that hangs on the same verb ("follow the canal towpath": canal the object, towpath
+    an adverb; "sell day passes"). Asked alone, the rest of the compound is left stranded in the question
+    ("What do we sell passes …?"); the cloze asks it instead."""
+    if fact.end >= len(fact.doc) or fact.doc[fact.end - 1].pos_ not in ("NOUN", "PROPN"):
+        return False
+    nxt = fact.doc[fact.end]
+    return (nxt.pos_ in ("NOUN", "VERB") and nxt.text.islower() and nxt.dep_ in ("dobj", "advmod", "npadvmod")
+            and nxt.head.i == fact.root.head.i)
+
+
 def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
     """(question, answer, direction) for each fact of the clause that a wh-question can reach."""
     out = []
     subj = clause.subject
     for fact in facts:
         label = _label(fact)
+        if _split_noun(fact):
+            continue
         if subj is not None and _covers(subj, fact):
-            if subj.pos_ == "PRON" or any(t.pos_ == "PRON" for t in fact):
+            if subj.pos_ == "PRON" or any(t.pos_ == "PRON" for t in fact) or clause.tense is not None:
                 continue
             if fact.root.dep_ == "poss" and fact.root.head.i == subj.i:
                 # "Marlowe's soup is seasoned with ..." → "Whose soup is seasoned with ...?" → Marlowe
@@ -975,7 +1023,8 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
             # besides its verb ("What said?" asks nothing once the reported speech is cut off)
             if not _reaches(fact, subj) or not clause.parts or _in_brackets(fact):
                 continue
-            wh = "Who" if label in _PERSONAL else "What"
+            person = label in _PERSONAL or (len(fact) == 1 and _known_person(fact.root, clause.ctx) is not None)
+            wh = "Who" if person else "What percentage" if label == "PERCENT" else "What"
             if (counted := _counted(fact)) is not None and counted.ent_type_ not in _TEMPORAL:
                 wh = f"How many {_counted_words(counted)}"
             if (noun := _named(fact)) is not None and (q := _naming_question(noun, clause, None)):
@@ -1020,6 +1069,8 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
             continue
         if body is None or (clause.verb.lemma_ == "be" and len(body.split()) < 3) or (clause.imperative and len(body.split()) < 5):
             continue  # "What is entry?", "What should you avoid?" pick out nothing; the cloze asks it instead
+        if subj is not None and subj.lower_ in ("we", "you") and len(f"{wh} {body} {prep}".split()) < 6:
+            continue  # "How long will you get?": the writer or the reader alone names no fact
         out.append((_question(f"{wh} {body} {prep}"), _answer(fact, part, wh), "object"))
     return out
 
@@ -1063,7 +1114,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 22  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 23  # bump when the rules change, so cached pairs are regenerated
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
         self.max_pairs = max_pairs
@@ -1093,12 +1144,12 @@ class RuleQAGenerator:
         docs = list(nlp.pipe([_parse_text(s) for s in flat]))
         speaker = next((e.text for e in docs[0].ents if e.label_ == "PERSON"), None)  # "An interview with X"
         pairs: list[QAPair] = []
-        index, heading, topic, asked, asked_at, person = 0, None, None, None, -99, None
+        index, heading, topic, asked, asked_at, person, people = 0, None, None, None, -99, None, []
         headings = [_is_heading(s, para) for para in paragraphs for s in para]
         numbering = _numbering_headings([s for s, h in zip(flat, headings) if h])
         for para in paragraphs:
             # "she" opening a paragraph is still the person the text is about (a biography, a story)
-            ctx = _Context(topic=topic, person=person, speaker=speaker, heading=heading, record=None)
+            ctx = _Context(topic=topic, person=person, speaker=speaker, heading=heading, record=None, people=people)
             for sentence in para:
                 doc = docs[index]
                 if headings[index]:
@@ -1178,11 +1229,21 @@ class RuleQAGenerator:
             # the recogniser misses made-up names: a proper name that is no place or organisation may be "he"/"she"
             # nor a day, month or number ("He walks the yard" after "fired on Mondays" is not about Mondays)
             names = [f for f in facts if all(t.pos_ == "PROPN" for t in f) and _label(f) not in _PLACES | _TEMPORAL | _NUMERIC]
-            if (people or names) and not (subj is not None and _same_person(subj, ctx)):
+            in_subject = [n for n in people + names if n.start <= subj.i < n.end] if subj is not None else []
+            alone = subj is not None and subj.left_edge.i == subj.right_edge.i  # "Sayle", not "Anna Sayle"
+            if alone and (known := _known_person(subj, ctx)):
+                ctx.person = known  # back to a person named before ("Marwood was awarded the Linnean Medal")
+            elif (people or names) and not (subj is not None and _same_person(subj, ctx)):
                 # a person named as the subject is who the next "she" means; a sentence whose subject already
                 # is that person ("she married Anton Sepp", "Ilves hid the plates in Haapsalu") stays about them
-                in_subject = [n for n in people + names if n.start <= subj.i < n.end] if subj is not None else []
                 ctx.person = (in_subject[0] if in_subject else (people or names)[-1]).text
+            # every person the recogniser named ("she married Robert Sayle": named, though not "she") and a
+            # name that is what a sentence is about ("Ilse Marwood, who has died aged 91, spent ...")
+            for name in [*(e.text for e in people), *(n.text for n in in_subject)]:
+                if " " in name:  # a full name, which a later word of it stands for
+                    if name in ctx.people:
+                        ctx.people.remove(name)
+                    ctx.people.append(name)
             _remember_descriptions(sent, ctx)
         # a cloze for every fact: the direction that always exists
         for fact in facts_all:
