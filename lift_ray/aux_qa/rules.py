@@ -22,7 +22,8 @@ and its clause structure, and questions are formed by moving a constituent out o
   clause's subject ("After graduating in 1954 she …") is asked in the main verb's tense;
 * **what a question leaves out**: the modifiers a comma sets off (a non-restrictive relative clause,
   an apposition, an adverbial clause: "built in 1821 by local weavers, who paid …" is asked "When was
-  the chapel built by local weavers?"), never the items of a list.
+  the chapel built by local weavers?") and a noun phrase after a comma that the parser hung on the verb
+  (", the most it has ever made"), never the items of a list.
 
 Every pair's answer is a span of its evidence sentence; :func:`lift_ray.aux_qa.evidence.verify`
 checks that again, and questions that would get two different answers are dropped.
@@ -425,6 +426,8 @@ class _Clause:
                 after.insert(0, self.relative_object[1])  # the object in its place after the verb
                 continue
             words = self._part_text(part, skip)
+            if self.is_aside(part):
+                continue
             if part.i > self.verb.i:
                 after.append(words)
             elif part.i > subj_i and self.subject is not None:  # an instruction's opening phrase goes after its verb
@@ -432,6 +435,15 @@ class _Clause:
             else:
                 fronted.append(words)
         return [w for w in inner if w], [w for w in [*after, *fronted] if w]
+
+    def is_aside(self, part) -> bool:
+        """A noun phrase the parser hung on the verb after a comma, describing what came before it (", a
+        group that few students wanted to touch", ", the most it has ever made", ", a field that …" taken
+        for a second object): left out of the clause's questions and asked about by none."""
+        if part.i < self.verb.i or part.doc[part.left_edge.i - 1].text != ",":
+            return False
+        second_object = part.dep_ == "dobj" and any(c.dep_ == "dobj" and c.i < part.i for c in self.verb.children)
+        return part.dep_ in _LOOSE or second_object
 
     def inverted(self, skip) -> str | None:
         """Question word order with the constituent ``skip`` left out: "was the lighthouse designed", "did X build"."""
@@ -504,6 +516,11 @@ def _text(tokens) -> str:
 # Modifiers set off by a comma add to what they follow without picking it out ("by Methodist weavers,
 # who paid a penny a week each"); a question that carries them is one no reader would ask.
 _ASIDES = {"relcl", "appos", "advcl"}
+
+
+# How the parser attaches a phrase set off by a comma at the end of a clause to its verb ("studied botany
+# at Aberdeen, a group that few students wanted to touch"; "raised £3,860, the most it has ever made").
+_LOOSE = {"npadvmod", "appos", "dep"}
 
 
 def _without_asides(tokens: list) -> list:
@@ -1034,7 +1051,7 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
         if _describes_a_name(fact):
             continue  # "married Robert Sayle, a geologist": the name is whom; what he is, _described_pairs asks
         part = _part_of(clause, fact)
-        if part is None or _cause_preposition(part):
+        if part is None or _cause_preposition(part) or clause.is_aside(part):
             continue  # "What was the ferry cancelled because?": the cause is asked "Why" (_reason_pairs)
         if (noun := _named(fact)) is not None:  # before "What does the captain keep?", which the noun answers too
             if clause.verb.lemma_ != "be" and (q := _naming_question(noun, clause, part)):
