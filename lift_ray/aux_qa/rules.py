@@ -425,9 +425,9 @@ class _Clause:
             if self.relative_object is not None and part.i == self.relative_object[0].i:
                 after.insert(0, self.relative_object[1])  # the object in its place after the verb
                 continue
-            words = self._part_text(part, skip)
             if self.is_aside(part):
                 continue
+            words = self._part_text(part, skip)
             if part.i > self.verb.i:
                 after.append(words)
             elif part.i > subj_i and self.subject is not None:  # an instruction's opening phrase goes after its verb
@@ -453,12 +453,11 @@ class _Clause:
         subj = self.subject_text()
         if subj is None:
             return None
+        inner, body = self._pieces(skip)
         if self.tense is not None:
-            inner, body = self._pieces(skip)
             do = {"VBD": "did", "VBZ": "does"}.get(self.tense.tag_, "do")
             return " ".join([do, subj, *inner, self.verb.lemma_, *body])
         negs = [t.text for t in self.negs]
-        inner, body = self._pieces(skip)
         v = self.verb
         if self.auxes:
             first, rest = self.auxes[0], self.auxes[1:]
