@@ -48,17 +48,26 @@ def test_qa_pairs_trained_in_every_view(tiny_loaded, tiny_config):
     assert m2.num_samples - m1.num_samples == 2 * m1.num_qa_pairs
 
 
-def test_a_new_generator_revision_trains_again_instead_of_reusing_the_adapter(tiny_loaded, tiny_config, monkeypatch):
-    """Rules that changed write other pairs: an adapter trained on the old ones is not the same variant."""
-    from lift_ray.aux_qa import RuleQAGenerator
+@pytest.mark.parametrize("change", ["version", "code"])
+def test_a_new_generator_revision_trains_again_instead_of_reusing_the_adapter(tiny_loaded, tiny_config, monkeypatch, change):
+    """Rules that changed write other pairs: an adapter trained on the old ones is not the same variant.
+
+    Also when the rules' code changed and nobody bumped the version: the source digest differs.
+    """
+    from lift_ray.aux_qa import RuleQAGenerator, rules
 
     cfg = _cfg(tiny_config, aux_qa={"generator": "rules", "stage1_epochs": 0, "stage2_epochs": 1}, train={"early_stop": False})
     store = AdapterStore(cfg.store.uri)
     old = absorb_document(tiny_loaded, LONG_TEXT, cfg, store, progress=False)
     assert absorb_document(tiny_loaded, LONG_TEXT, cfg, store, progress=False).status == "already_absorbed"
-    monkeypatch.setattr(RuleQAGenerator, "VERSION", RuleQAGenerator.VERSION + 1)
+    old_key = RuleQAGenerator().cache_key()
+    if change == "version":
+        monkeypatch.setattr(RuleQAGenerator, "VERSION", RuleQAGenerator.VERSION + 1)
+    else:
+        monkeypatch.setattr(rules, "source_digest", lambda *modules: "0" * 12)
     new = absorb_document(tiny_loaded, LONG_TEXT, cfg, store, progress=False)
     assert new.status == "absorbed" and new.variant != old.variant
+    assert RuleQAGenerator().cache_key() != old_key  # the cached pairs are not read either
     assert sorted(store.variants(old.doc_id)) == sorted([old.variant, new.variant])
 
 

@@ -868,3 +868,20 @@ def test_a_phrase_after_a_comma_that_the_parser_hangs_on_the_verb_is_an_aside():
     asked = [q for q, _ in qa if not q.startswith("Fill in")]
     assert ("How much did the spring market raise?", "2,470") in qa, qa
     assert not [q for q in asked if "few women" in q or "the most it" in q], qa
+
+
+def test_the_source_digest_follows_a_modules_code(tmp_path, monkeypatch):
+    """An edited module gives another digest (so cached pairs and adapters are not reused); same file, same digest."""
+    from lift_ray.aux_qa.pairs import source_digest
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = tmp_path / "digest_probe.py"
+    module.write_text("RULE = 1\n")
+    first = source_digest("digest_probe")
+    source_digest.cache_clear()
+    assert source_digest("digest_probe") == first and len(first) == 12
+    module.write_text("RULE = 2\n")
+    source_digest.cache_clear()
+    assert source_digest("digest_probe") != first
+    assert source_digest("no_such_module_here") == "nosource"
+    source_digest.cache_clear()

@@ -7,7 +7,7 @@ import hashlib
 import json
 
 from lift_ray.aux_qa.evidence import Evidence, split_sentences
-from lift_ray.aux_qa.pairs import QAPair, settings_key
+from lift_ray.aux_qa.pairs import QAPair, settings_key, source_digest
 from lift_ray.chat import ChatBackend, PromptTooLong
 
 LLM_SYSTEM = "You write reading-comprehension questions about a document. You answer only with JSON lines."
@@ -48,6 +48,7 @@ class LLMQAGenerator:
 
     kind = "llm"
     VERSION = 1
+    MODULES = ("lift_ray.aux_qa.llm", "lift_ray.aux_qa.evidence", "lift_ray.aux_qa.cache")  # what decides the pairs
 
     def __init__(self, backend: ChatBackend, sentences_per_window: int = 16, pairs_per_window: int = 4, max_pairs: int = 64, max_tokens: int = 512):
         self.backend = backend
@@ -63,13 +64,14 @@ class LLMQAGenerator:
     @classmethod
     def revision(cls) -> str:
         """The generator's own code and prompt (what a config cannot say), for adapter variants."""
-        return f"{cls.kind}-{cls.VERSION}-{cls.prompt_hash()}"
+        return f"{cls.kind}-{cls.VERSION}-{cls.prompt_hash()}-{source_digest(*cls.MODULES)}"
 
     def settings(self) -> dict:
         return {
             "version": self.VERSION,
             "backend": self.backend.identity(),
             "prompt": self.prompt_hash(),
+            "code": source_digest(*self.MODULES),
             "sentences_per_window": self.sentences_per_window,
             "pairs_per_window": self.pairs_per_window,
             "max_pairs": self.max_pairs,

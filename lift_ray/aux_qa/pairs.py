@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 from typing import Protocol
 
@@ -54,3 +56,21 @@ def settings_key(kind: str, settings: dict) -> str:
     """A cache key naming the generator kind and a hash of its settings."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return f"{kind}-{digest}"
+
+
+@functools.cache
+def source_digest(*modules: str) -> str:
+    """A hash of the named modules' source files: the pairs a generator writes follow its code.
+
+    Caches and adapter variants include it, so an edited rule regenerates pairs and trains again
+    even when nobody bumped a version number (stale pairs were read that way once). Without source
+    files (a bytecode-only install) the digest is ``"nosource"`` and only the versions count.
+    """
+    digest = hashlib.sha256()
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            return "nosource"
+        with open(spec.origin, "rb") as f:
+            digest.update(name.encode() + b"\0" + f.read() + b"\0")
+    return digest.hexdigest()[:12]

