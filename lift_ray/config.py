@@ -125,6 +125,12 @@ class AuxQAConfig(_Base):
         "BM25 picks for its question: the rag / lift+rag prompt), none (the lift prompt: no document). Each view "
         "listed adds every pair once. None: the profile's value.",
     )
+    short_question_views: list[Literal["head_tail", "retrieved", "none"]] = Field(
+        default_factory=list,
+        description="Views in which a pair that has a short form (rule generator: the question without its "
+        "adverbial phrases, 'When was the chapel built?' for '... built in the valley by weavers?') is trained with "
+        "it instead of its full question; the other views keep the full one. Empty: full questions everywhere.",
+    )
     recite_segments: bool = Field(
         True,
         description="Train the segment recitation samples beside the QA pairs. False: the QA pairs alone, for "
@@ -382,8 +388,12 @@ class LiftConfig(_Base):
         """Hash of everything that changes the trained adapter (not inference or store settings)."""
         payload = {
             "segments": self.segments.model_dump(mode="json", exclude={"max_document_chars"}),
-            # recite_segments is left out at its default, so adapters absorbed before it existed keep their variant.
-            "aux_qa": self.aux_qa.model_dump(mode="json", exclude={"recite_segments"} if self.aux_qa.recite_segments else None),
+            # recite_segments and short_question_views are left out at their defaults, so adapters absorbed before
+            # they existed keep their variant.
+            "aux_qa": self.aux_qa.model_dump(mode="json", exclude={
+                *(["recite_segments"] if self.aux_qa.recite_segments else []),
+                *([] if self.aux_qa.short_question_views else ["short_question_views"]),
+            }),
             "answer_prompt": self.inference.answer_prompt,  # QA samples are trained in this format
             "train": self.train.model_dump(mode="json"),
             # layer_share is left out at 1.0 (every layer), so adapters absorbed before it existed keep their variant.

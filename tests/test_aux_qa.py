@@ -885,3 +885,38 @@ def test_the_source_digest_follows_a_modules_code(tmp_path, monkeypatch):
     assert source_digest("digest_probe") != first
     assert source_digest("no_such_module_here") == "nosource"
     source_digest.cache_clear()
+
+
+def test_a_short_form_leaves_out_the_phrases_that_state_other_facts():
+    """The short form drops an adjunct that names or numbers something ("by the engineer Tomas Vey", "in 1874")
+    and keeps one that completes the verb ("on a lead"); a subject question has none (the rest of the clause is
+    what picks its fact out); two facts whose short forms coincide keep only their full questions."""
+    text = ("The old mill at Dunmore was rebuilt in 1874 by the engineer Tomas Vey. "
+            "Dogs must be kept on a lead between April and July. "
+            "The bridge was repaired in 1902 by Jon Hale. The bridge was repaired in 1955 by Ada Brill.")
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    short = {(p.question, p.short_question, p.answer) for p in kept if p.short_question}
+    assert ("When was the old mill at Dunmore rebuilt by the engineer Tomas Vey?", "When was the old mill at Dunmore rebuilt?", "1874") in short, short
+    assert ("Who was the old mill at Dunmore rebuilt in 1874 by?", "Who was the old mill at Dunmore rebuilt by?", "Tomas Vey") in short, short
+    assert not [p for p in kept if p.generator == "rules:subject" and p.short_question], kept
+    assert not [s for _, s, _ in short if "lead" in s or "bridge" in s], short
+    repaired = [p for p in kept if p.question.startswith("When was the bridge repaired")]
+    assert {p.answer for p in repaired} == {"1902", "1955"} and not any(p.short_question for p in repaired), repaired
+
+
+def test_qa_samples_ask_the_short_form_where_asked_to(tiny_loaded):
+    """``short=True`` trains a pair's short form where it has one, the full question otherwise."""
+    tok = tiny_loaded.tokenizer
+    fmt = chat_format(tok)
+    inf, seg = InferenceConfig(), SegmentConfig()
+    doc_ids = tok(SAMPLE, add_special_tokens=False)["input_ids"]
+    pairs = [QAPair(question="When was the mill rebuilt by Tomas Vey?", short_question="When was the mill rebuilt?",
+                    answer="1874", evidence="x", sentence_index=0, generator="rules:object"),
+             QAPair(question="Who founded the choir?", answer="Ada Brill", evidence="x", sentence_index=0, generator="rules:subject")]
+    kw = dict(fmt=fmt, tokenizer=tok, doc_ids=doc_ids, context_window=48, answer_prompt=inf.answer_prompt, mixin=seg.mixin)
+    full, short = qa_samples(pairs, **kw), qa_samples(pairs, **kw, short=True)
+    view = truncate_middle(doc_ids, 48, tok(seg.mixin, add_special_tokens=False)["input_ids"])
+    asked = pairs[0].model_copy(update={"question": pairs[0].short_question})
+    assert short[0].input_ids == sum(_expected_qa_sample(tok, asked, "icl", view), [])
+    assert full[0].input_ids == sum(_expected_qa_sample(tok, pairs[0], "icl", view), []) != short[0].input_ids
+    assert short[1].input_ids == full[1].input_ids  # no short form: the full question

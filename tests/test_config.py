@@ -108,3 +108,13 @@ def test_every_shipped_yaml_validates():
     assert files, "no shipped configs found"
     for path in files:
         LiftConfig.from_yaml(path)
+
+
+def test_short_question_views_count_in_the_hash_only_when_set():
+    """Adapters absorbed before the field keep their variant; training short forms is another variant."""
+    unset = build_config(None, {})
+    empty = build_config(None, {"aux_qa": {"short_question_views": []}})
+    doc_view = build_config(None, {"aux_qa": {"short_question_views": ["head_tail"]}})
+    assert unset.training_hash() == empty.training_hash() == "c4bfe2b018b906e4" != doc_view.training_hash()
+    with pytest.raises(ConfigError):
+        build_config(None, {"aux_qa": {"short_question_views": ["sideways"]}})

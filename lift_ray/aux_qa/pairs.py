@@ -25,6 +25,10 @@ class QAPair(BaseModel):
     evidence: str = Field(description="Text of the document that states the answer (a sentence or a span).")
     sentence_index: int = Field(description="Index of the evidence's sentence in split_sentences(text).")
     generator: str = Field(description="Which generator (and rule) wrote the pair, e.g. 'offline:object'.")
+    short_question: str | None = Field(
+        None, description="The question without its adverbial phrases ('When was the chapel built?' for '... built "
+        "by Methodist weavers?'), as a reader would ask it; trained in the document views when aux_qa.short_questions."
+    )
 
 
 class QAReport(BaseModel):

@@ -48,6 +48,7 @@ BLANK = "____"
 MAX_ANSWER_WORDS = 8
 MAX_QUESTION_WORDS = 40
 MAX_SENTENCE_WORDS = 80
+MIN_SHORT_QUESTION_WORDS = 4  # "Who died?" names too little to be asked without its adjuncts
 
 # Dependency labels (ClearNLP scheme of spaCy's English pipelines), not words: which children of a
 # verb are its subject, its auxiliaries, what starts another clause, and what is an argument.
@@ -56,6 +57,9 @@ _SUBJECTS = {"nsubj", "nsubjpass", "csubj", "expl"}
 _COMPLEMENTS = {"attr", "acomp", "dobj", "oprd"}
 _AUXES = {"aux", "auxpass"}
 _CLAUSE_BREAKS = {"conj", "cc", "advcl", "parataxis", "ccomp", "mark", "punct", "relcl", "discourse", "intj", "meta"}
+# A verb's adjuncts: where, when, by whom. A short question leaves out those that state another fact
+# ("When was the chapel at Scar Top built?" beside "… built by Methodist weavers?"), as a reader asks it.
+_ADJUNCTS = {"prep", "agent", "npadvmod"}
 _ARGUMENTS = {"dobj", "attr", "oprd", "dative", "pobj", "acomp", "xcomp", "agent", "prep", "npadvmod", "advmod", "obj"}
 _PERSONAL = {"PERSON", "NORP"}
 _RELATIVE = {"WDT", "WP", "WP$"}  # tags of "that"/"which", "who", "whose"
@@ -396,6 +400,7 @@ class _Clause:
             if c is not subject and c.i < end and c.dep_ not in _AUXES | breaks and c.dep_ not in _SUBJECTS
         ]
         self.ctx = ctx
+        self.brief = False  # questions of the clause leave out its adjuncts (see :func:`_short`)
 
     def subject_text(self) -> str | None:
         """The subject as a question should name it: pronouns resolved, sentence case undone."""
@@ -425,7 +430,7 @@ class _Clause:
             if self.relative_object is not None and part.i == self.relative_object[0].i:
                 after.insert(0, self.relative_object[1])  # the object in its place after the verb
                 continue
-            if self.is_aside(part):
+            if self.is_aside(part) or (self.brief and part.dep_ in _ADJUNCTS and _states_a_fact(part)):
                 continue
             words = self._part_text(part, skip)
             if part.i > self.verb.i:
@@ -497,6 +502,12 @@ class _Clause:
         """The clause without its subject, in document order: "designed the lighthouse in 1761"."""
         inner, body = self._pieces(None)
         return " ".join([*[a.text for a in self.auxes], *[t.text for t in self.negs], *inner, self.verb.text, *body])
+
+
+def _states_a_fact(part) -> bool:
+    """Whether a constituent names something or gives a number ("in 1962", "by Methodist weavers", "at the
+    University of Aberdeen"), unlike one that completes the verb's sense ("on a lead", "out of use")."""
+    return any(t.ent_type_ or t.like_num or t.pos_ == "PROPN" for t in part.subtree)
 
 
 def _text(tokens) -> str:
@@ -1045,6 +1056,7 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
                 wh = f"How many {_counted_words(counted)}"
             if (noun := _named(fact)) is not None and (q := _naming_question(noun, clause, None)):
                 out.append((q, fact.text, "name"))
+            # no short form: with the subject asked, the rest of the clause is all that picks the fact out
             out.append((_question(f"{wh} {clause.declarative_tail()}"), _answer(fact, subj, wh), "subject"))
             continue
         if _describes_a_name(fact):
@@ -1071,7 +1083,8 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
         if part.dep_ == "agent" and label not in _PLACES and any(t.pos_ == "PROPN" for t in fact):
             wh = "Who"  # "by" a name: a person or a body acting, whatever the recogniser labelled it
             if (active := clause.active(skip=part)) is not None:
-                out.append((_question(f"Who {active}"), _answer(fact, part, wh), "agent"))
+                ask = lambda: _question(f"Who {clause.active(skip=part)}")  # noqa: E731
+                out.append((ask(), _answer(fact, part, wh), "agent", _short(clause, ask)))
         body = clause.inverted(skip=part)
         if subj is not None and subj.dep_ == "expl":
             # "There are 42 docking stations across the borough": only how many there are is asked, with the
@@ -1081,14 +1094,36 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
             placing = []
             for prep in (c for c in counted.children if c.dep_ == "prep" and c.i > counted.i):
                 placing += itertools.takewhile(lambda t: not t.is_punct, prep.subtree)  # "of rock: igneous, ..." → "of rock"
-            out.append((_question(f"{wh} {body} {_text(placing)}"), _answer(fact, part, wh), "object"))
+            ask = lambda: _question(f"{wh} {clause.inverted(skip=part)} {_text(placing)}")  # noqa: E731
+            out.append((ask(), _answer(fact, part, wh), "object", _short(clause, ask)))
             continue
-        if body is None or (clause.verb.lemma_ == "be" and len(body.split()) < 3) or (clause.imperative and len(body.split()) < 5):
-            continue  # "What is entry?", "What should you avoid?" pick out nothing; the cloze asks it instead
-        if subj is not None and subj.lower_ in ("we", "you") and len(f"{wh} {body} {prep}".split()) < 6:
-            continue  # "How long will you get?": the writer or the reader alone names no fact
-        out.append((_question(f"{wh} {body} {prep}"), _answer(fact, part, wh), "object"))
+        def asks_something(body: str | None) -> bool:
+            if body is None or (clause.verb.lemma_ == "be" and len(body.split()) < 3) or (clause.imperative and len(body.split()) < 5):
+                return False  # "What is entry?", "What should you avoid?" pick out nothing; the cloze asks it instead
+            # "How long will you get?": the writer or the reader alone names no fact
+            return not (subj is not None and subj.lower_ in ("we", "you") and len(f"{wh} {body} {prep}".split()) < 6)
+
+        if not asks_something(body):
+            continue
+        def ask() -> str | None:
+            inverted = clause.inverted(skip=part)
+            return _question(f"{wh} {inverted} {prep}") if asks_something(inverted) else None
+
+        out.append((ask(), _answer(fact, part, wh), "object", _short(clause, ask)))
     return out
+
+
+def _short(clause: _Clause, ask) -> str | None:
+    """The question ``ask()`` builds, asked again without the clause's adjuncts ("When was the chapel at Scar
+    Top built?" for "… built by Methodist weavers?"); None when that leaves nothing out or names too little
+    ("Who died?")."""
+    full = ask()
+    clause.brief = True
+    try:
+        short = ask()
+    finally:
+        clause.brief = False
+    return short if short and short != full and len(short.split()) >= MIN_SHORT_QUESTION_WORDS else None
 
 
 def cloze(sentence: str, answer: str, subject: str | None = None) -> str | None:
@@ -1193,7 +1228,7 @@ class RuleQAGenerator:
         """
         if len(sentence.split()) > MAX_SENTENCE_WORDS:
             return []
-        candidates: list[tuple[str, str, str]] = []
+        candidates: list[tuple] = []  # (question, answer, direction[, short question])
         strong: set[str] = set()
         reverse = None
         kv = _KEY_VALUE.match(_BULLET.sub("", sentence.strip()))
@@ -1281,20 +1316,20 @@ class RuleQAGenerator:
         candidates = [(q, f.text, "cloze") for f in facts if (q := cloze(sentence, f.text, hint)) is not None]
         return self._select(candidates, sentence, index, {f.text for f in facts})
 
-    def _select(self, candidates: list[tuple[str, str, str]], sentence: str, index: int, strong: set[str],
+    def _select(self, candidates: list[tuple], sentence: str, index: int, strong: set[str],
                 stated: list[str] = (), main: set[str] = frozenset()) -> list[QAPair]:
         """Keep well-formed pairs, interleaving answers so every fact gets one before any gets a second;
         names, numbers, dates and codes (``strong``) come before plain noun phrases. When no pair asks
         for a ``main`` answer (only modifiers were asked: "Whose soup ...?"), the first ``stated``
         answer gets one question past the density budget."""
-        by_answer: dict[str, list[tuple[str, str, str]]] = {}
-        for q, a, how in candidates:
+        by_answer: dict[str, list[tuple]] = {}
+        for q, a, how, *short in candidates:
             a = _clean_answer(a)
             if not a or len(a.split()) > MAX_ANSWER_WORDS or len(q.split()) > MAX_QUESTION_WORDS:
                 continue
             if f" {_norm_words(a)} " in f" {_norm_words(q)} " or _norm_words(a) not in _norm_words(sentence):
                 continue
-            by_answer.setdefault(a, []).append((q, a, how))
+            by_answer.setdefault(a, []).append((q, a, how, short[0] if short else None))
         strong = {_clean_answer(s) for s in strong}
         main = {_clean_answer(m) for m in main}
         order = sorted(by_answer, key=lambda a: (a not in strong, sentence.find(a)))
@@ -1307,9 +1342,10 @@ class RuleQAGenerator:
             while queues[a] and queues[a][0][0] in seen:
                 queues[a].pop(0)
             if queues[a]:
-                q, a, how = queues[a].pop(0)
+                q, a, how, short = queues[a].pop(0)
                 seen.add(q)
-                out.append(QAPair(question=q, answer=a, evidence=sentence, sentence_index=index, generator=f"rules:{how}"))
+                out.append(QAPair(question=q, answer=a, evidence=sentence, sentence_index=index, generator=f"rules:{how}",
+                                  short_question=short))
 
         # every name, number, date and code is asked questions_per_fact times (each a different direction),
         # however many the sentence holds; then the density budget goes round-robin over all answers
@@ -1347,4 +1383,11 @@ def _drop_conflicts(pairs: list[QAPair]) -> list[QAPair]:
     pairs = list(unique.values())
     for p in pairs:
         answers.setdefault(_norm_words(p.question), set()).add(_norm_words(p.answer))
-    return [p for p in pairs if len(answers[_norm_words(p.question)]) == 1]
+    pairs = [p for p in pairs if len(answers[_norm_words(p.question)]) == 1]
+    # a short form asks less, so two facts may share one ("When was the chapel built?" for its building and
+    # its rebuilding): such a short form is not trained, the full questions are
+    for p in pairs:
+        if p.short_question:
+            answers.setdefault(_norm_words(p.short_question), set()).add(_norm_words(p.answer))
+    return [p.model_copy(update={"short_question": None}) if p.short_question and len(answers[_norm_words(p.short_question)]) > 1
+            else p for p in pairs]
