@@ -127,8 +127,9 @@ class AuxQAConfig(_Base):
     )
     short_question_views: list[Literal["head_tail", "retrieved", "none"]] = Field(
         default_factory=list,
-        description="Views in which a pair that has a short form (rule generator: the question without its "
-        "adverbial phrases, 'When was the chapel built?' for '... built in the valley by weavers?') is trained with "
+        description="Views in which a pair that has a short form (rule generator: the question without the phrases "
+        "on its verb that name or number something else, 'When was the chapel built?' for '... built by Methodist "
+        "weavers?') is trained with "
         "it instead of its full question; the other views keep the full one. Empty: full questions everywhere.",
     )
     recite_segments: bool = Field(

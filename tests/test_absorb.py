@@ -185,3 +185,21 @@ def test_a_refused_claim_drops_the_trained_adapter_unpublished(tiny_loaded, tiny
     assert not store.has(lost.doc_id, lost.variant) and store.list_docs() == []
     kept = absorb_document(tiny_loaded, LONG_TEXT, cfg, store, progress=False, claim=lambda d: True, alias="a", title="t")
     assert kept.status == "absorbed" and store.manifest(kept.doc_id, kept.variant).alias == "a"
+
+
+def test_short_question_views_choose_the_views_that_train_short_forms(tiny_loaded, tiny_config, monkeypatch):
+    """aux_qa.short_question_views reaches the QA samples: the listed view asks short forms, the other the full question."""
+    import lift_ray.absorb as absorb_module
+
+    asked = {}
+    real = absorb_module.qa_samples
+
+    def recording(pairs, **kw):
+        asked["none" if kw.get("lift_prompt") else "head_tail"] = kw["short"]
+        return real(pairs, **kw)
+
+    monkeypatch.setattr(absorb_module, "qa_samples", recording)
+    cfg = _cfg(tiny_config, aux_qa={"generator": "rules", "stage1_epochs": 0, "stage2_epochs": 1, "views": ["head_tail", "none"],
+                                    "short_question_views": ["head_tail"]}, train={"early_stop": False})
+    absorb_document(tiny_loaded, LONG_TEXT, cfg, AdapterStore(cfg.store.uri), progress=False)
+    assert asked == {"head_tail": True, "none": False}

@@ -26,8 +26,9 @@ class QAPair(BaseModel):
     sentence_index: int = Field(description="Index of the evidence's sentence in split_sentences(text).")
     generator: str = Field(description="Which generator (and rule) wrote the pair, e.g. 'offline:object'.")
     short_question: str | None = Field(
-        None, description="The question without its adverbial phrases ('When was the chapel built?' for '... built "
-        "by Methodist weavers?'), as a reader would ask it; trained in the document views when aux_qa.short_questions."
+        None, description="The question without the phrases on its verb that name or number something else ('When "
+        "was the chapel built?' for '... built by Methodist weavers?'), as a reader would ask it; trained in the views "
+        "aux_qa.short_question_views lists."
     )
 
 

@@ -1083,8 +1083,9 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
         if part.dep_ == "agent" and label not in _PLACES and any(t.pos_ == "PROPN" for t in fact):
             wh = "Who"  # "by" a name: a person or a body acting, whatever the recogniser labelled it
             if (active := clause.active(skip=part)) is not None:
-                ask = lambda: _question(f"Who {clause.active(skip=part)}")  # noqa: E731
-                out.append((ask(), _answer(fact, part, wh), "agent", _short(clause, ask)))
+                question = _question(f"Who {active}")
+                short = _short(clause, question, lambda: _question(f"Who {clause.active(skip=part)}"))
+                out.append((question, _answer(fact, part, wh), "agent", short))
         body = clause.inverted(skip=part)
         if subj is not None and subj.dep_ == "expl":
             # "There are 42 docking stations across the borough": only how many there are is asked, with the
@@ -1094,8 +1095,9 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
             placing = []
             for prep in (c for c in counted.children if c.dep_ == "prep" and c.i > counted.i):
                 placing += itertools.takewhile(lambda t: not t.is_punct, prep.subtree)  # "of rock: igneous, ..." → "of rock"
-            ask = lambda: _question(f"{wh} {clause.inverted(skip=part)} {_text(placing)}")  # noqa: E731
-            out.append((ask(), _answer(fact, part, wh), "object", _short(clause, ask)))
+            question = _question(f"{wh} {body} {_text(placing)}")
+            short = _short(clause, question, lambda: _question(f"{wh} {clause.inverted(skip=part)} {_text(placing)}"))
+            out.append((question, _answer(fact, part, wh), "object", short))
             continue
         def asks_something(body: str | None) -> bool:
             if body is None or (clause.verb.lemma_ == "be" and len(body.split()) < 3) or (clause.imperative and len(body.split()) < 5):
@@ -1105,19 +1107,19 @@ def clause_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
 
         if not asks_something(body):
             continue
-        def ask() -> str | None:
+        def ask_brief() -> str | None:
             inverted = clause.inverted(skip=part)
             return _question(f"{wh} {inverted} {prep}") if asks_something(inverted) else None
 
-        out.append((ask(), _answer(fact, part, wh), "object", _short(clause, ask)))
+        question = _question(f"{wh} {body} {prep}")
+        out.append((question, _answer(fact, part, wh), "object", _short(clause, question, ask_brief)))
     return out
 
 
-def _short(clause: _Clause, ask) -> str | None:
-    """The question ``ask()`` builds, asked again without the clause's adjuncts ("When was the chapel at Scar
-    Top built?" for "… built by Methodist weavers?"); None when that leaves nothing out or names too little
-    ("Who died?")."""
-    full = ask()
+def _short(clause: _Clause, full: str, ask) -> str | None:
+    """The question ``full``, built again by ``ask()`` without the clause's adjuncts ("When was the chapel at
+    Scar Top built?" for "… built by Methodist weavers?"); None when that leaves nothing out or names too
+    little ("Who died?")."""
     clause.brief = True
     try:
         short = ask()
