@@ -477,6 +477,21 @@ def test_an_adverbial_noun_is_no_object_and_do_support_keeps_the_verb():
     assert not [q for q, a in qa if " hop " in q], qa
 
 
+def test_a_noun_whose_meaning_follows_it_or_completes_a_light_verb_is_no_answer():
+    """"the existence of a liquid core", "the power to vary taxes", "takes place": the head noun alone
+    ("existence", "power", "place") states nothing, so it is never an answer; the phrase after it still is,
+    and a bare object of a verb that means something on its own ("sells bread") stays a fact."""
+    text = ("Early surveys showed the existence of a liquid core under the plain. "
+            "The council has the power to vary local taxes. "
+            "The annual fair takes place in Harwick every July. "
+            "The market sells bread every morning.")
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    answers = {p.answer for p in kept}
+    assert not answers & {"existence", "power", "place"}, kept
+    assert "liquid core" in answers and "bread" in answers, kept
+    assert any(p.answer == "Harwick" for p in kept), kept
+
+
 def test_one_line_records_are_facts_and_numbered_labels_are_headings():
     """A register of "key: value" lines, one per paragraph: each line is a record asked by its key."""
     text = ("Ledger of Hollin Vale\n\nChief ferryman: Osk Pellam\n\nNote: The ferry does not run in fog.\n\n"

@@ -61,6 +61,9 @@ _CLAUSE_BREAKS = {"conj", "cc", "advcl", "parataxis", "ccomp", "mark", "punct", 
 # ("When was the chapel at Scar Top built?" beside "… built by Methodist weavers?"), as a reader asks it.
 _ADJUNCTS = {"prep", "agent", "npadvmod"}
 _ARGUMENTS = {"dobj", "attr", "oprd", "dative", "pobj", "acomp", "xcomp", "agent", "prep", "npadvmod", "advmod", "obj"}
+# Verbs that carry little meaning of their own and take it from a bare noun object: "take place",
+# "make sense", "pay attention" (a closed class of English grammar, not words of a document)
+_LIGHT_VERBS = {"take", "make", "have", "give", "pay", "do"}
 _PERSONAL = {"PERSON", "NORP"}
 _RELATIVE = {"WDT", "WP", "WP$"}  # tags of "that"/"which", "who", "whose"
 _TEMPORAL = {"DATE", "TIME"}
@@ -151,7 +154,7 @@ def fact_spans(sent) -> list:
             words = [t for t in chunk if t.dep_ not in ("det", "poss", "case") and not t.is_punct]
             if (title := _title(words)) is not None:
                 words = words[len(title):]  # "the architect Lydia Crane": the fact is the name
-            if words and len(words) <= MAX_ANSWER_WORDS:
+            if words and len(words) <= MAX_ANSWER_WORDS and not _hollow_noun(words):
                 found.append(doc[words[0].i : words[-1].i + 1])
             conjuncts = [c for c in chunk.root.subtree if c.dep_ == "conj"]
             if words and conjuncts:
@@ -182,6 +185,23 @@ def fact_spans(sent) -> list:
             continue
         spans.append(span)
     return sorted(spans, key=lambda s: s.start)
+
+
+def _hollow_noun(words) -> bool:
+    """One common noun whose meaning the sentence puts elsewhere: in an "of" phrase or an infinitive after
+    it ("showed the existence of a liquid core", "has the power to vary taxes": the answer would be
+    "existence", "power"), or as the bare object that completes a light verb ("takes place", "made use").
+    The phrase after it holds the fact and is asked on its own."""
+    if len(words) != 1 or words[0].pos_ != "NOUN":
+        return False
+    noun = words[0]
+    for child in noun.rights:
+        if child.dep_ == "prep" and child.lower_ == "of":
+            return True
+        if child.dep_ in ("acl", "relcl") and any(t.tag_ == "TO" and t.head.i == child.i for t in child.lefts):
+            return True
+    bare = not any(True for _ in noun.children)
+    return bare and noun.dep_ == "dobj" and noun.tag_ == "NN" and noun.head.lemma_ in _LIGHT_VERBS
 
 
 def _enumerator(span) -> bool:
@@ -1167,7 +1187,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 24  # the rules' generation as the README names it; caches and variants also follow the code
+    VERSION = 25  # the rules' generation as the README names it; caches and variants also follow the code
     MODULES = ("lift_ray.aux_qa.rules", "lift_ray.aux_qa.evidence", "lift_ray.aux_qa.cache")  # what decides the pairs
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
