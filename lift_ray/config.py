@@ -126,11 +126,11 @@ class AuxQAConfig(_Base):
         "listed adds every pair once. None: the profile's value.",
     )
     short_question_views: list[Literal["head_tail", "retrieved", "none"]] = Field(
-        default_factory=list,
+        default_factory=lambda: ["head_tail", "retrieved", "none"],
         description="Views in which a pair that has a short form (rule generator: the question without the phrases "
         "on its verb that name or number something else, 'When was the chapel built?' for '... built by Methodist "
-        "weavers?') is trained with "
-        "it instead of its full question; the other views keep the full one. Empty: full questions everywhere.",
+        "weavers?') is trained with it instead of its full question; the other views keep the full one. Default: "
+        "every view (readers ask short; README 'Version 25'). Empty: full questions everywhere, as before version 25.",
     )
     recite_segments: bool = Field(
         True,
@@ -389,8 +389,8 @@ class LiftConfig(_Base):
         """Hash of everything that changes the trained adapter (not inference or store settings)."""
         payload = {
             "segments": self.segments.model_dump(mode="json", exclude={"max_document_chars"}),
-            # recite_segments and short_question_views are left out at their defaults, so adapters absorbed before
-            # they existed keep their variant.
+            # recite_segments and an empty short_question_views are left out, so adapters absorbed before those
+            # fields existed (full questions everywhere) keep their variant.
             "aux_qa": self.aux_qa.model_dump(mode="json", exclude={
                 *(["recite_segments"] if self.aux_qa.recite_segments else []),
                 *([] if self.aux_qa.short_question_views else ["short_question_views"]),

@@ -91,9 +91,10 @@ def test_training_hash_ignores_inference_settings():
 
 
 def test_lora_layer_share_every_layer_keeps_the_hash_of_adapters_absorbed_before_it():
-    unset = build_config(None, {})
-    every = build_config(None, {"adapter": {"layer_share": 1.0}})
-    top = build_config(None, {"adapter": {"layer_share": 0.5}})
+    full_questions = {"short_question_views": []}  # as every adapter before version 25 trained
+    unset = build_config(None, {"aux_qa": full_questions})
+    every = build_config(None, {"aux_qa": full_questions, "adapter": {"layer_share": 1.0}})
+    top = build_config(None, {"aux_qa": full_questions, "adapter": {"layer_share": 0.5}})
     assert unset.training_hash() == every.training_hash() != top.training_hash()
     assert unset.training_hash() == "c4bfe2b018b906e4"  # LiftConfig() before the field (tests/test_absorb.py)
     for profile in ("small", "large"):
@@ -111,10 +112,13 @@ def test_every_shipped_yaml_validates():
 
 
 def test_short_question_views_count_in_the_hash_only_when_set():
-    """Adapters absorbed before the field keep their variant; training short forms is another variant."""
+    """Short forms train in every view by default; empty (full questions everywhere) hashes as adapters absorbed
+    before the field did, and each choice of views is its own variant."""
     unset = build_config(None, {})
+    assert unset.aux_qa.short_question_views == ["head_tail", "retrieved", "none"]
     empty = build_config(None, {"aux_qa": {"short_question_views": []}})
     doc_view = build_config(None, {"aux_qa": {"short_question_views": ["head_tail"]}})
-    assert unset.training_hash() == empty.training_hash() == "c4bfe2b018b906e4" != doc_view.training_hash()
+    assert empty.training_hash() == "c4bfe2b018b906e4"
+    assert len({unset.training_hash(), empty.training_hash(), doc_view.training_hash()}) == 3
     with pytest.raises(ConfigError):
         build_config(None, {"aux_qa": {"short_question_views": ["sideways"]}})
