@@ -111,7 +111,7 @@ def test_every_shipped_yaml_validates():
         LiftConfig.from_yaml(path)
 
 
-def test_short_question_views_count_in_the_hash_only_when_set():
+def test_short_question_views_default_to_every_view_and_count_in_the_hash_unless_empty():
     """Short forms train in every view by default; empty (full questions everywhere) hashes as adapters absorbed
     before the field did, and each choice of views is its own variant."""
     unset = build_config(None, {})

@@ -198,9 +198,9 @@ def _hollow_noun(words) -> bool:
     for child in noun.rights:
         if child.dep_ == "prep" and child.lower_ == "of":
             return True
-        if child.dep_ in ("acl", "relcl") and any(t.tag_ == "TO" and t.head.i == child.i for t in child.lefts):
+        if child.dep_ in ("acl", "relcl") and any(t.tag_ == "TO" for t in child.lefts):
             return True
-    bare = not any(True for _ in noun.children)
+    bare = noun.n_lefts + noun.n_rights == 0
     return bare and noun.dep_ == "dobj" and noun.tag_ == "NN" and noun.head.lemma_ in _LIGHT_VERBS
 
 
