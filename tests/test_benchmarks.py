@@ -48,12 +48,13 @@ def test_quality_keeps_adapters_in_a_store_and_answers_again_without_training(ti
     devset.write_text(json.dumps({"id": "tiny-0", "style": "narrative", "input": LONG_TEXT, "num_tokens": 400,
                                   "qa_pairs": questions}) + "\n")
     store = tmp_path / "store"
+    printed = []
 
     def run(out, *extra):
         cmd = [sys.executable, str(BENCHMARKS / "quality.py"), "--devset", str(devset), "--model", str(tiny_model_dir),
                "--threads", "1", "--modes", "icl,lift+icl", "--store", str(store), "--out", str(out),
                "--set", "aux_qa.stage2_epochs=1", "--set", "train.early_stop=false", *extra]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+        printed.append(subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600).stdout)
         return json.loads(out.read_text())[0]
 
     first, second = run(tmp_path / "a.json"), run(tmp_path / "b.json", "--set", "inference.top_p=0.5")
@@ -61,3 +62,6 @@ def test_quality_keeps_adapters_in_a_store_and_answers_again_without_training(ti
     assert second["epochs"] == first["epochs"] == 1 and second["qa_pairs"] == first["qa_pairs"] > 0
     assert [a["answer"] for a in second["answers"]] == [a["answer"] for a in first["answers"]]
     assert len(list((store / "docs").iterdir())) == 1
+    # the tables score replies whole and by their first 10 words
+    assert "answer anywhere in the reply" in printed[1] and "answer in the reply's first 10 words" in printed[1]
+    assert printed[1].count("Documents where LIFT+ICL answers fewer inside-window questions than ICL") == 2

@@ -65,7 +65,30 @@ def test_rouge_l_by_hand():
 def test_contains_answer_needs_whole_words():
     assert contains_answer("The lighthouse was designed by Tobias Wrenfield.", ["tobias wrenfield"]) == 1.0
     assert contains_answer("Wrenfields built it", ["Wrenfield"]) == 0.0
-    assert score_answer("Paris", ["Paris"]) == {"em": 1.0, "f1": 1.0, "rouge_l": 1.0, "contains": 1.0}
+    assert score_answer("Paris", ["Paris"]) == {"em": 1.0, "f1": 1.0, "rouge_l": 1.0, "contains": 1.0, "contains_10w": 1.0}
+
+
+def test_an_answer_counts_as_stated_only_in_the_replys_first_ten_words():
+    # a reply that copies the context "contains" an answer it never gives
+    copied = "The context says the old railway station in Netherby closed in 1965 and is now a cafe."
+    assert contains_answer(copied, ["cafe"]) == 1.0
+    assert contains_answer(copied, ["cafe"], first_words=10) == 0.0
+    assert score_answer(copied, ["cafe"])["contains_10w"] == 0.0
+    assert score_answer("It is now a cafe.", ["cafe"])["contains_10w"] == 1.0
+    # the tenth word still counts, and an answer spanning the boundary does not
+    assert contains_answer("one two three four five six seven eight nine Netherby", ["Netherby"], 10) == 1.0
+    assert contains_answer("one two three four five six seven eight nine Tobias Wrenfield", ["Tobias Wrenfield"], 10) == 0.0
+
+
+def test_summary_scores_predictions_written_before_a_metric_existed():
+    from lift_ray.evaluate.runner import summarise
+
+    long_reply = "The context above describes the old railway station in Netherby, now a cafe."
+    rows = [{"doc": "d", "q_index": i, "mode": "icl", "where": "beyond", "prediction": p, "answers": ["cafe"],
+             "seconds": 0.5, **score_answer(p, ["cafe"])} for i, p in enumerate([long_reply, "a cafe"])]
+    del rows[0]["contains_10w"]  # a run resumed from predictions.jsonl of an earlier version
+    table = summarise(rows, ["icl"], [], {})["table"]
+    assert table[0]["contains"] == 100.0 and table[0]["contains_10w"] == 50.0
 
 
 def test_currency_signs_and_unicode_punctuation_do_not_hide_an_answer():
@@ -328,7 +351,7 @@ def test_eval_end_to_end_then_resume(capsys, monkeypatch, tmp_path, tiny_model_d
         (d, i, m) for d, n in (("quillon", 2), ("marlowe", 1)) for i in range(n) for m in MODES
     }
     for r in rows:
-        assert set(r) >= {"prediction", "answers", "em", "f1", "rouge_l", "contains", "where", "doc_id", "seconds"}
+        assert set(r) >= {"prediction", "answers", "em", "f1", "rouge_l", "contains", "contains_10w", "where", "doc_id", "seconds"}
         assert r["where"] in ("inside", "beyond")
     assert {r["where"] for r in rows if r["doc"] == "quillon" and r["q_index"] == 0} == {"inside"}  # the tail
     assert {r["where"] for r in rows if r["doc"] == "quillon" and r["q_index"] == 1} == {"beyond"}  # the middle
@@ -340,6 +363,7 @@ def test_eval_end_to_end_then_resume(capsys, monkeypatch, tmp_path, tiny_model_d
     ]
     md = (out / "summary.md").read_text()
     assert "| lift+icl | beyond the window | 1 |" in md and "ROUGE-L" in md and md in stdout + "\n"
+    assert "contains answer in first 10 words" in md
     assert len((out / "absorb.jsonl").read_text().splitlines()) == 2
 
     # a finished run: nothing is absorbed or answered again

@@ -1,5 +1,6 @@
 """Answer metrics: exact match and token F1 (SQuAD v1.1 normalisation), ROUGE-L (``rouge-score``),
-answer containment, and an optional LLM judge (1-10) through any OpenAI-compatible endpoint.
+answer containment (anywhere in the reply, and in its first ``STATED_WORDS`` words), and an
+optional LLM judge (1-10) through any OpenAI-compatible endpoint.
 
 Every metric takes the best score over the acceptable answers, as SQuAD's evaluation script does.
 """
@@ -68,11 +69,19 @@ def rouge_l(prediction: str, answers: list[str]) -> float:
     return max(scorer.score(a, prediction)["rougeL"].fmeasure for a in answers)
 
 
-def contains_answer(prediction: str, answers: list[str]) -> float:
+STATED_WORDS = 10  # the reply's first words that must hold the answer for "contains answer in the first 10 words"
+
+
+def contains_answer(prediction: str, answers: list[str], first_words: int | None = None) -> float:
     """1.0 if a normalised answer appears as whole words in the normalised prediction.
 
     Small models answer in sentences ("The lighthouse was designed by Tobias Wrenfield."), which EM
-    scores 0; this is the keyword recall the README's fact tests use, stated as a metric."""
+    scores 0; this is the keyword recall the README's fact tests use, stated as a metric. With
+    ``first_words``, only the reply's first words count: a 64-token reply that copies the context
+    "contains" many answers it never gives, and the base model's replies are ten times longer than
+    the adapter's (README, Evaluation), so recall is also reported at an equal length."""
+    if first_words is not None:
+        prediction = " ".join(prediction.split()[:first_words])
     pred = f" {normalize_answer(prediction)} "
     return float(any(normalize_answer(a) and f" {normalize_answer(a)} " in pred for a in answers))
 
@@ -91,6 +100,7 @@ def score_answer(prediction: str, answers: list[str]) -> dict[str, float]:
         "f1": token_f1(prediction, answers),
         "rouge_l": float(rouge_l(prediction, answers)),
         "contains": contains_answer(prediction, answers),
+        "contains_10w": contains_answer(prediction, answers, STATED_WORDS),
     }
 
 

@@ -29,8 +29,8 @@ from lift_ray.evaluate.data import EvalDocument, EvalError, evidence_spans, loca
 from lift_ray.evaluate.metrics import LLMJudge, score_answer
 from lift_ray.modes import MODES, ModeError, parse_modes, uses_adapter
 
-METRICS = ("em", "f1", "rouge_l", "contains")
-METRIC_NAMES = {"em": "EM", "f1": "F1", "rouge_l": "ROUGE-L", "contains": "contains answer", "judge": "judge (1-10)"}
+METRICS = ("em", "f1", "rouge_l", "contains", "contains_10w")
+METRIC_NAMES = {"em": "EM", "f1": "F1", "rouge_l": "ROUGE-L", "contains": "contains answer", "contains_10w": "contains answer in first 10 words", "judge": "judge (1-10)"}
 WHERE_ORDER = ("beyond", "inside", "partial", "unknown")
 
 
@@ -290,7 +290,9 @@ def run_eval(
 def _means(rows: list[dict]) -> dict[str, Any]:
     out: dict[str, Any] = {"questions": len(rows)}
     for m in METRICS:
-        out[m] = round(100 * sum(r[m] for r in rows) / len(rows), 1) if rows else None
+        # predictions written before a metric existed are scored from their text
+        values = [r[m] if m in r else score_answer(r["prediction"], r["answers"])[m] for r in rows]
+        out[m] = round(100 * sum(values) / len(values), 1) if rows else None
     judged = [r["judge"] for r in rows if r.get("judge") is not None]
     out["judge"] = round(sum(judged) / len(judged), 2) if judged else None
     out["answer_seconds"] = round(sum(r["seconds"] for r in rows), 1)
