@@ -492,6 +492,19 @@ def test_a_noun_whose_meaning_follows_it_or_completes_a_light_verb_is_no_answer(
     assert any(p.answer == "Harwick" for p in kept), kept
 
 
+def test_a_numbered_name_and_a_name_with_a_possessive_are_answered_whole():
+    """"Class 3", "Lock 14": the number names nothing without the noun before it; "Jenny's Lock" is one
+    name, not "Jenny" with a word after it; a year after a name stays a date ("the Scotland Act 1998")."""
+    text = ("Class 3 had the best attendance in the school this term. "
+            "Follow the towpath to Lock 14, known locally as Jenny's Lock. "
+            "The parliament was convened by the Scotland Act 1998 after a vote.")
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    answers = {p.answer for p in kept}
+    assert {"Class 3", "Lock 14", "Jenny's Lock"} <= answers, kept
+    assert not answers & {"3", "14", "Jenny"}, kept
+    assert "1998" in answers or "Scotland Act 1998" in answers, kept
+
+
 def test_one_line_records_are_facts_and_numbered_labels_are_headings():
     """A register of "key: value" lines, one per paragraph: each line is a record asked by its key."""
     text = ("Ledger of Hollin Vale\n\nChief ferryman: Osk Pellam\n\nNote: The ferry does not run in fog.\n\n"

@@ -133,6 +133,9 @@ def fact_spans(sent) -> list:
         if tok is not None and tok.pos_ == "PROPN":
             run.append(tok.i)
             continue
+        if tok is not None and run and tok.tag_ == "POS" and tok.i + 1 < sent.end and doc[tok.i + 1].pos_ == "PROPN":
+            run.append(tok.i)  # one name with a possessive in it: "Jenny's Lock", "St Mary's Church"
+            continue
         if run and not (len(run) == 1 and run[0] == sent.start):  # a lone capitalised opener is no name
             found.append(doc[run[0] : run[-1] + 1])
         run = []
@@ -272,10 +275,15 @@ def _part_of_word(span) -> bool:
 
 
 def _with_unit(span):
-    """A number with the noun it counts right after it: "at least 15" → "at least 15 centimetres"."""
-    last = span.doc[span.end - 1]
+    """A number with the noun it counts right after it: "at least 15" → "at least 15 centimetres"; a
+    number with the capitalised noun it numbers right before it: "3" of "Class 3 won" → "Class 3"
+    (as "Room 12", "Lock 14": the number alone names nothing; a year stays a date: "the Scotland Act 1998")."""
+    doc, first, last = span.doc, span.doc[span.start], span.doc[span.end - 1]
     if last.dep_ == "nummod" and last.head.i == span.end and last.head.pos_ == "NOUN":
-        return span.doc[span.start : span.end + 1]
+        return doc[span.start : span.end + 1]
+    if (len(span) == 1 and first.like_num and first.dep_ == "nummod" and first.head.i == span.start - 1
+            and first.head.pos_ in ("NOUN", "PROPN") and first.head.text[:1].isupper() and first.ent_type_ not in _TEMPORAL):
+        return doc[span.start - 1 : span.end]
     return span
 
 
@@ -1187,7 +1195,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 25  # the rules' generation as the README names it; caches and variants also follow the code
+    VERSION = 26  # the rules' generation as the README names it; caches and variants also follow the code
     MODULES = ("lift_ray.aux_qa.rules", "lift_ray.aux_qa.evidence", "lift_ray.aux_qa.cache")  # what decides the pairs
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
