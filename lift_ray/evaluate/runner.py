@@ -290,9 +290,7 @@ def run_eval(
 def _means(rows: list[dict]) -> dict[str, Any]:
     out: dict[str, Any] = {"questions": len(rows)}
     for m in METRICS:
-        # predictions written before a metric existed are scored from their text
-        values = [r[m] if m in r else score_answer(r["prediction"], r["answers"])[m] for r in rows]
-        out[m] = round(100 * sum(values) / len(values), 1) if rows else None
+        out[m] = round(100 * sum(r[m] for r in rows) / len(rows), 1) if rows else None
     judged = [r["judge"] for r in rows if r.get("judge") is not None]
     out["judge"] = round(sum(judged) / len(judged), 2) if judged else None
     out["answer_seconds"] = round(sum(r["seconds"] for r in rows), 1)
@@ -301,6 +299,8 @@ def _means(rows: list[dict]) -> dict[str, Any]:
 
 def summarise(rows: list[dict], modes: Sequence[str], absorb_rows: list[dict], settings: dict) -> dict:
     """Mean metrics (x100; judge on its 1-10 scale) per mode, over all questions and per window position."""
+    # predictions written before a metric existed are scored once from their text; stored scores stay
+    rows = [r if all(m in r for m in METRICS) else {**score_answer(r["prediction"], r["answers"]), **r} for r in rows]
     table = []
     for mode in modes:
         mine = [r for r in rows if r["mode"] == mode]
