@@ -505,6 +505,25 @@ def test_a_numbered_name_and_a_name_with_a_possessive_are_answered_whole():
     assert "1998" in answers or "Scotland Act 1998" in answers, kept
 
 
+def test_a_name_given_after_a_comma_is_asked_through_its_noun_and_a_pronouns_appositive_through_its_owner():
+    """ "a bridge without walls, called the Clapper Bridge" names the bridge (the parser joins "called" to
+    the main verb: never "What did the track call?"); "Lock 14, known locally as Jenny's Lock" is asked
+    with its own words; "her tutor, the lichen expert Duncan Ferrie" is asked through whose tutor he was;
+    "A metal plaque names the farmer, Abel Stott" ("names" tagged a noun) asks no "What is the … names?"."""
+    text = ("Ilse Marwood was a Scottish botanist. She studied botany at the University of Aberdeen, where her "
+            "tutor, the lichen expert Duncan Ferrie, encouraged her to specialise in mosses. "
+            "The track crosses Dean Beck on a narrow stone bridge without walls, called the Clapper Bridge, "
+            "which is thought to be more than 500 years old. Lock 14, known locally as Jenny's Lock, has a small garden. "
+            "A metal plaque names the farmer, Abel Stott, who first built it as a marker for shepherds.")
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("Who is Ilse Marwood's tutor?", "Duncan Ferrie") in qa, qa
+    assert ("What is the narrow stone bridge without walls called?", "Clapper Bridge") in qa, qa
+    assert ("What is Lock 14 known locally as?", "Jenny's Lock") in qa, qa
+    assert ("What has a small garden?", "Lock 14") in qa, qa
+    assert not [q for q, _ in qa if "call?" in q or "names?" in q], qa
+
+
 def test_one_line_records_are_facts_and_numbered_labels_are_headings():
     """A register of "key: value" lines, one per paragraph: each line is a record asked by its key."""
     text = ("Ledger of Hollin Vale\n\nChief ferryman: Osk Pellam\n\nNote: The ferry does not run in fog.\n\n"

@@ -281,8 +281,10 @@ def _with_unit(span):
     doc, first, last = span.doc, span.doc[span.start], span.doc[span.end - 1]
     if last.dep_ == "nummod" and last.head.i == span.end and last.head.pos_ == "NOUN":
         return doc[span.start : span.end + 1]
-    if (len(span) == 1 and first.like_num and first.dep_ == "nummod" and first.head.i == span.start - 1
-            and first.head.pos_ in ("NOUN", "PROPN") and first.head.text[:1].isupper() and first.ent_type_ not in _TEMPORAL):
+    # the recogniser may date a small number ("Lock 14": a day of the month?); a year, or a number after a
+    # month or day ("May 14"), stays a date
+    dated = first.ent_type_ in _TEMPORAL and (len(first.text) == 4 or first.head.ent_type_ in _TEMPORAL)
+    if len(span) == 1 and _numbered_name(first.head) and first.head.i == span.start - 1 and not dated:
         return doc[span.start - 1 : span.end]
     return span
 
@@ -546,9 +548,17 @@ def _text(tokens) -> str:
     # where words were left out between two tokens, a space keeps them apart ("13%" + "with")
     out = "".join(t.text_with_ws if (n is None or n.i == t.i + 1 or t.whitespace_) else t.text + " "
                   for t, n in zip(tokens, [*tokens[1:], None])).strip()
-    if first.i == first.sent.start and first.pos_ != "PROPN" and not (first.text.isupper() and len(first.text) > 1):
+    if first.i == first.sent.start and first.pos_ != "PROPN" and not (first.text.isupper() and len(first.text) > 1) and not _numbered_name(first):
         out = first.text.lower() + out[len(first.text):]
     return out
+
+
+def _numbered_name(token) -> bool:
+    """``token`` is a capitalised noun numbered by the number right after it ("Lock 14", "Class 3"): a name,
+    whatever its place in the sentence."""
+    doc = token.doc
+    return (token.text[:1].isupper() and token.pos_ in ("NOUN", "PROPN") and token.i + 1 < len(doc)
+            and doc[token.i + 1].like_num and doc[token.i + 1].dep_ == "nummod" and doc[token.i + 1].head.i == token.i)
 
 
 # Modifiers set off by a comma add to what they follow without picking it out ("by Methodist weavers,
@@ -722,7 +732,7 @@ def _clauses(sent, ctx: _Context) -> Iterator[_Clause]:
             if gerund is not None and not any(c.dep_ in _SUBJECTS | _AUXES for c in gerund.children):
                 yield _Clause(gerund, subject, ctx, tense=root)
     for conj in root.children:
-        if conj.dep_ == "conj" and conj.pos_ in ("VERB", "AUX"):
+        if conj.dep_ == "conj" and conj.pos_ in ("VERB", "AUX") and not _naming_conjunct(conj):
             own = next((c for c in conj.children if c.dep_ in _SUBJECTS), None)
             yield _Clause(conj, own or subject, ctx)
     yield from _relative_clauses(sent, ctx)
@@ -891,6 +901,61 @@ def _named(fact):
     return None
 
 
+def _naming_conjunct(verb) -> bool:
+    """A participle after a comma that the parser joined to the main verb as a conjunct ("crosses a bridge
+    without walls, called the Clapper Bridge, which …"): no subject or object of its own, an object
+    predicate (the name). It names the noun before the comma; it is no second thing the subject does."""
+    kids = {c.dep_ for c in verb.children}
+    return (verb.dep_ == "conj" and verb.tag_ in ("VBD", "VBN") and "oprd" in kids and not kids & (_SUBJECTS | {"dobj"})
+            and verb.i > 0 and verb.doc[verb.i - 1].text == ",")
+
+
+def _called(fact):
+    """(participle, noun it names) for a name given by a participle set after its noun with a comma or
+    "as": "Lock 14, known locally as Jenny's Lock", "a bridge without walls, called the Clapper Bridge";
+    None otherwise. Grammar, not a word list: a participle modifying a noun (or one the parser joined to
+    the main verb, :func:`_naming_conjunct`) whose object predicate, or object of "as", is the fact."""
+    root, doc = fact.root, fact.doc
+    verb = root.head
+    if root.dep_ == "pobj" and verb.dep_ == "prep" and verb.lower_ == "as":
+        verb = verb.head
+        if verb.dep_ != "acl" or verb.tag_ != "VBN" or verb.head.pos_ not in ("NOUN", "PROPN"):
+            return None
+        return verb, verb.head
+    if root.dep_ != "oprd":
+        return None
+    if verb.dep_ == "acl" and verb.tag_ in ("VBN", "VBD") and verb.i > 0 and doc[verb.i - 1].text == ",":
+        return verb, verb.head
+    if not _naming_conjunct(verb):
+        return None
+    noun = doc[verb.i - 2]  # the noun phrase ends before the comma: climb out of its prepositional phrases
+    while noun.dep_ == "pobj" and noun.head.dep_ == "prep" and noun.head.head.pos_ in ("NOUN", "PROPN"):
+        noun = noun.head.head
+    return (verb, noun) if noun.pos_ in ("NOUN", "PROPN") and noun.i < verb.i else None
+
+
+def _called_pairs(facts: list) -> list[tuple[str, str, str]]:
+    """A name given by a participle after its noun, asked through the noun with the participle's own
+    words: "What is Lock 14 known locally as?", "What is the narrow stone bridge without walls called?"."""
+    out = []
+    for fact in facts:
+        if (found := _called(fact)) is None:
+            continue
+        verb, noun = found
+        doc = fact.doc
+        words = [t for t in doc[noun.left_edge.i : verb.i] if not t.is_punct and t.dep_ not in ("det", "poss")]
+        if any(t.is_punct for t in doc[noun.left_edge.i : verb.i - 1]) or _in_brackets(doc[noun.i : noun.i + 1]):
+            continue  # "(Portuguese: …; Dutch: …), also known as": a list of names in brackets, no one noun
+        if not words or any(t.pos_ == "PRON" for t in words) or len(words) > MAX_ANSWER_WORDS:
+            continue
+        # how it is called, as the sentence says it ("known locally as"), up to the name
+        how = _text([t for t in doc[verb.i : fact.start] if t.dep_ not in ("det",) and not t.is_punct])
+        phrase = _text(words) if noun.pos_ == "PROPN" or noun.text[:1].isupper() else "the " + _text(words)
+        tense = "was" if fact.sent.root.tag_ in ("VBD", "VBN") else "is"
+        out.append((_question(f"What {tense} {phrase} {how}"), fact.text, "name"))
+    return out
+
+
 def _naming_question(noun, clause: _Clause, part) -> str | None:
     """"What is the name of the pet heron that the captain of the ferry keeps?" for a fact ``_named`` ``noun``."""
     words = [t for t in noun.subtree if t.i <= noun.i and t.dep_ not in ("det", "poss") and not t.is_punct]
@@ -912,10 +977,12 @@ def _in_brackets(span) -> bool:
     return before.count("(") + before.count("[") > before.count(")") + before.count("]")
 
 
-def _appositive_pairs(facts: list) -> list[tuple[str, str, str]]:
+def _appositive_pairs(facts: list, ctx: _Context | None = None) -> list[tuple[str, str, str]]:
     """A name set beside the noun it names ("the council's head of planning, Priya Natarajan", "a
     borrowed sailing boat, the Kajakas") asked through that noun: "Who is the council's head of
-    planning?", "What is the name of the borrowed sailing boat?"."""
+    planning?", "What is the name of the borrowed sailing boat?". Through each noun of a chain of
+    appositives too, a person's pronoun resolved: "her tutor, the lichen expert Duncan Ferrie" → "Who is
+    the lichen expert?" and "Who is Ilse Marwood's tutor?"."""
     out = []
     for fact in facts:
         noun, doc = fact.root.head, fact.doc
@@ -925,25 +992,49 @@ def _appositive_pairs(facts: list) -> list[tuple[str, str, str]]:
             continue  # "a grey tom called Pepperkorn": the participle gives the name (see _named), not "grey tom"
         if any(c.dep_ == "nummod" for c in noun.children) or _in_brackets(fact) or doc[fact.start - 1].text in ":;":
             continue  # "260 kilometres (160 mi)", "(Latin: Normanni)": another unit or language, not a name
-        words = []
-        for t in doc[noun.left_edge.i : fact.start]:
-            if t.is_punct and t.i > noun.i:
-                break  # "the head of planning, Priya Natarajan" ends at its comma
-            words.append(t)
-        while words and words[-1].i > noun.i and (words[-1].dep_ in ("det", "cc") or words[-1].is_punct):
-            words.pop()
-        if not words or len(words) > MAX_ANSWER_WORDS or any(t.pos_ == "PRON" for t in words):
-            continue  # "their spokesman": whose is left to the cloze
-        determined = words[0].dep_ == "det"
-        words = words[1:] if determined else words
-        phrase = "the " + _text(words) if determined or words[0].pos_ != "PROPN" else _text(words)
-        if noun.lemma_ == "name":  # "the English name, Normans"
-            out.append((_question(f"What is {phrase}"), fact.text, "name"))
-        elif _label(fact) == "PERSON":
-            out.append((_question(f"Who is {phrase}"), fact.text, "name"))
-        else:
-            out.append((_question(f"What is the name of {phrase}"), fact.text, "name"))
+        # the chain's nouns, each set off from the next by a comma ("A metal plaque names the farmer, …":
+        # "names" is a verb the tagger took for a noun, no appositive)
+        chain = [(noun, fact.start)]
+        while (len(chain) < 3 and (n := chain[-1][0]).dep_ == "appos" and n.head.pos_ == "NOUN" and n.head.i < n.i
+               and doc[n.left_edge.i - 1].text == ","):
+            chain.append((n.head, n.left_edge.i))
+        # the outermost first: it says how the name relates to the rest ("her tutor"); the budget may keep one
+        for n, end in reversed(chain):
+            if (phrase := _appositive_phrase(n, end, ctx)) is None:
+                continue
+            if n.lemma_ == "name":  # "the English name, Normans"
+                out.append((_question(f"What is {phrase}"), fact.text, "name"))
+            elif _label(fact) == "PERSON":
+                out.append((_question(f"Who is {phrase}"), fact.text, "name"))
+            else:
+                out.append((_question(f"What is the name of {phrase}"), fact.text, "name"))
     return out
+
+
+def _appositive_phrase(noun, end: int, ctx: _Context | None) -> str | None:
+    """``noun`` with its words before ``end`` as a question names it: "the lichen expert", "Ilse
+    Marwood's tutor" (a person's possessive pronoun resolved); None when it names nothing or whose it is
+    is unknown ("their spokesman": left to the cloze)."""
+    doc, words = noun.doc, []
+    for t in doc[noun.left_edge.i : end]:
+        if t.is_punct and t.i > noun.i:
+            break  # "the head of planning, Priya Natarajan" ends at its comma
+        words.append(t)
+    while words and words[-1].i > noun.i and (words[-1].dep_ in ("det", "cc") or words[-1].is_punct):
+        words.pop()
+    if not words or len(words) > MAX_ANSWER_WORDS:
+        return None
+    owner = None
+    if words[0].dep_ == "poss" and words[0].pos_ == "PRON" and words[0].lower_ in ("his", "her") and ctx is not None:
+        owner = _pronoun_antecedent(words[0].lower_, ctx)
+        words = words[1:] if owner else words
+    if not words or any(t.pos_ == "PRON" for t in words):
+        return None
+    if owner:
+        return f"{owner}'s {_text(words)}"
+    determined = words[0].dep_ == "det"
+    words = words[1:] if determined else words
+    return "the " + _text(words) if determined or words[0].pos_ != "PROPN" else _text(words)
 
 
 def _title_pairs(facts: list) -> list[tuple[str, str, str]]:
@@ -1195,7 +1286,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 26  # the rules' generation as the README names it; caches and variants also follow the code
+    VERSION = 27  # the rules' generation as the README names it; caches and variants also follow the code
     MODULES = ("lift_ray.aux_qa.rules", "lift_ray.aux_qa.evidence", "lift_ray.aux_qa.cache")  # what decides the pairs
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
@@ -1292,7 +1383,8 @@ class RuleQAGenerator:
                 candidates += reasons
                 strong |= {a for _, a, _ in reasons}  # a reader asks why as readily as who or when
             if not kv:  # after the clause's own directions ("Who was the museum opened by?"); a record's key asks its value
-                candidates += _appositive_pairs(facts) + _title_pairs(facts) + _participle_agent_pairs(sent, facts)
+                candidates += (_appositive_pairs(facts, ctx) + _title_pairs(facts) + _participle_agent_pairs(sent, facts)
+                               + _called_pairs(facts))
                 described = _described_pairs(facts)
                 candidates += described
                 strong |= {a for _, a, _ in described}  # what a named person or thing is: "Who was Robert Sayle?"
