@@ -524,6 +524,25 @@ def test_a_name_given_after_a_comma_is_asked_through_its_noun_and_a_pronouns_app
     assert not [q for q, _ in qa if "call?" in q or "names?" in q], qa
 
 
+def test_a_name_with_a_who_clause_is_asked_from_the_clause_even_where_the_main_verb_was_tagged_a_noun():
+    """ "Anna Price, who later founded the Calder Rowing Club in 1920" → "Who later founded …?"; "A metal
+    plaque names the farmer, Abel Stott, who first built it …" ("names" tagged a noun: no main clause)
+    still asks its relative clause, with "it" the paragraph's subject; "which" after a noun with a phrase
+    is asked about the whole phrase (the parser hangs it on the nearest name: "the station in Netherby,
+    which closed in 1965" is about the station)."""
+    text = ("Its first warden was Anna Price, who later founded the Calder Rowing Club in 1920. "
+            "The cairn was rebuilt by volunteers in 1998. "
+            "A metal plaque names the farmer, Abel Stott, who first built it in the 1880s as a marker for shepherds. "
+            "The walk starts at the old railway station in Netherby, which closed to passengers in 1965.")
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("Who later founded the Calder Rowing Club in 1920?", "Anna Price") in qa, qa
+    assert ("Who first built the cairn in the 1880s as a marker for shepherds?", "Abel Stott") in qa, qa
+    assert ("When did Abel Stott first build the cairn as a marker for shepherds?", "1880s") in qa, qa
+    assert ("When did the old railway station in Netherby close to passengers?", "1965") in qa, qa
+    assert not [q for q, a in qa if "did Netherby close" in q], qa
+
+
 def test_one_line_records_are_facts_and_numbered_labels_are_headings():
     """A register of "key: value" lines, one per paragraph: each line is a record asked by its key."""
     text = ("Ledger of Hollin Vale\n\nChief ferryman: Osk Pellam\n\nNote: The ferry does not run in fog.\n\n"

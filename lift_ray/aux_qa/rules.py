@@ -444,6 +444,8 @@ class _Clause:
         """A constituent's words, without the comma or conjunction that ends its range, nor the words
         of ``skip`` where that lies inside it (a constituent of an infinitive: "plans to build ____")."""
         tokens = _without_asides(list(part.doc[part.left_edge.i : part.right_edge.i + 1]))
+        if len(tokens) == 1 and part.lower_ == "it" and part.dep_ == "dobj" and self.ctx.topic:
+            return self.ctx.topic  # "first built it" → "first built the cairn": the paragraph is gone
         if skip is not None:
             tokens = [t for t in tokens if not skip.left_edge.i <= t.i <= skip.right_edge.i]
         while tokens and (tokens[-1].is_punct or tokens[-1].dep_ == "cc"):
@@ -691,6 +693,20 @@ def _noun_phrase(noun) -> str:
     return "the " + _text(words) if noun.pos_ == "NOUN" else _text(words)
 
 
+def _antecedent_phrase(noun, pronoun) -> str:
+    """What a relative pronoun stands for, as a question names it. The parser hangs "which" on the nearest
+    noun, so after a noun with a phrase ("the old railway station in Netherby, which closed in 1965") the
+    whole phrase is named: "When did the old railway station in Netherby close?" is true whichever noun the
+    clause is about, where "When did Netherby close?" was not. "who" means the person it follows."""
+    upper = noun.head.head if noun.dep_ == "pobj" and noun.head.dep_ == "prep" else None
+    if pronoun.tag_ != "WDT" or upper is None or upper.pos_ != "NOUN" or upper.i > noun.i:
+        return _noun_phrase(noun)
+    words = [t for t in noun.doc[upper.left_edge.i : noun.i + 1] if t.dep_ not in ("det", "poss") and not t.is_punct]
+    if len(words) > MAX_ANSWER_WORDS or any(t.pos_ == "PRON" for t in words):
+        return _noun_phrase(noun)
+    return "the " + _text(words)
+
+
 def _relative_clauses(sent, ctx: _Context) -> Iterator[_Clause]:
     """Clauses whose subject is a relative pronoun, asked about the noun it stands for: "a wagon that
     carried salt over the Pass" → the wagon carried ...; "a cabinet whose key number is 4187" → the key
@@ -702,7 +718,7 @@ def _relative_clauses(sent, ctx: _Context) -> Iterator[_Clause]:
         if subject is None:
             continue
         if subject.tag_ in _RELATIVE and verb.dep_ == "relcl" and verb.head.pos_ in ("NOUN", "PROPN"):
-            yield _Clause(verb, subject, ctx, antecedent=_noun_phrase(verb.head))
+            yield _Clause(verb, subject, ctx, antecedent=_antecedent_phrase(verb.head, subject))
             continue
         obj = next((c for c in verb.children if c.dep_ == "dobj" and c.tag_ in _RELATIVE), None)
         noun = verb.head
@@ -723,6 +739,9 @@ def _clauses(sent, ctx: _Context) -> Iterator[_Clause]:
     and relative clauses ("… a wagon that carried salt over the Pass")."""
     root = sent.root
     if root.pos_ not in ("VERB", "AUX") and not _mistagged_command(root):
+        # a fragment, or a verb the tagger took for a noun ("A metal plaque names the farmer, Abel Stott, who
+        # first built it"): no main clause to ask, but its relative clauses still state facts
+        yield from _relative_clauses(sent, ctx)
         return
     subject = next((c for c in root.children if c.dep_ in _SUBJECTS), None)
     yield _Clause(root, subject, ctx)
@@ -1136,6 +1155,30 @@ def _reason_pairs(clause: _Clause) -> list[tuple[str, str, str]]:
     return out
 
 
+def _relative_subject_pairs(clause: _Clause, facts: list) -> list[tuple[str, str, str]]:
+    """A name with a "who" clause after it asked from the clause: "Anna Price, who later founded the
+    rowing club in 1920" → "Who later founded the rowing club in 1920?" → Anna Price; an object "it" is
+    what the text is about ("the farmer, Abel Stott, who first built it" after "The cairn was rebuilt …":
+    "Who first built the cairn …?"). Only "who": "which" is hung on the nearest name too often ("the
+    station in Netherby, which closed in 1965")."""
+    verb, subj = clause.verb, clause.subject
+    if subj is None or subj.lower_ != "who" or verb.dep_ != "relcl" or verb.head.pos_ != "PROPN" or clause.negs:
+        return []
+    fact = next((f for f in facts if f.start <= verb.head.i < f.end), None)
+    if fact is None or not all(t.pos_ == "PROPN" and t.text[:1].isupper() for t in fact):
+        return []
+    words = clause.declarative_tail().split()
+    if sum(w == "it" for w in words) == 1 and clause.ctx.topic:
+        words[words.index("it")] = clause.ctx.topic
+    if len(words) < 2 or set(words) & _UNRESOLVED:
+        return []  # "Who married him?": whom the clause is about is another question
+    return [(_question(f"Who {' '.join(words)}"), fact.text, "subject")]
+
+
+# Pronouns a question cannot leave in place (whom they mean is gone with the paragraph).
+_UNRESOLVED = {"it", "he", "she", "him", "her", "his", "its", "they", "them", "their", "this", "these", "those"}
+
+
 def _split_noun(fact) -> bool:
     """The parser cut a noun compound after ``fact``: the next word is a lower-case noun (or a noun it
     tagged as a verb) that hangs on the same verb ("follow the canal towpath": canal the object, towpath
@@ -1378,7 +1421,7 @@ class RuleQAGenerator:
             facts_all += facts
             clauses = list(_clauses(sent, ctx))
             for clause in clauses:
-                candidates += clause_pairs(clause, facts)
+                candidates += clause_pairs(clause, facts) + _relative_subject_pairs(clause, facts)
                 reasons = _reason_pairs(clause)
                 candidates += reasons
                 strong |= {a for _, a, _ in reasons}  # a reader asks why as readily as who or when
