@@ -543,6 +543,26 @@ def test_a_name_with_a_who_clause_is_asked_from_the_clause_even_where_the_main_v
     assert not [q for q, a in qa if "did Netherby close" in q], qa
 
 
+def test_her_after_a_newly_named_man_is_still_the_woman_the_text_is_about_and_a_title_with_of_is_one_answer():
+    """A biography's "Her best-known work …" opening a paragraph after "Robert died in 1999." is hers (the
+    person "she" has meant all along), and so is the next "she"; a man named after a man ("Joseph
+    Priestley … He found …") is the "he" of his own paragraph. "Mosses of the Western Seaboard" is one
+    title, not "Western Seaboard" (nor a person who "described a new species")."""
+    text = ("Ilse Marwood was born in Dundee. She studied botany in Aberdeen.\n\n"
+            "In 1962 she married Robert Sayle, a geologist. Robert died in 1999.\n\n"
+            "Her best-known work, Mosses of the Western Seaboard, appeared in 1978. In 1985 she described a new species from Skye.\n\n"
+            "John Mayow showed that fire needs air. He died in 1679.\n\n"
+            "In 1774 the clergyman Joseph Priestley made a new gas. He found it in a glass tube at Calne.")
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("When did the best-known work of Ilse Marwood appear?", "1978") in qa, qa
+    assert ("When did Ilse Marwood describe a new species from Skye?", "1985") in qa, qa
+    assert ("What is the name of Ilse Marwood's best-known work?", "Mosses of the Western Seaboard") in qa, qa
+    assert not [q for q, a in qa if "Robert Sayle" in q and a in ("1978", "1985", "new species")], qa
+    assert not [q for q, a in qa if "Mayow" in q and "Calne" in q + a], qa
+    assert "Western Seaboard" not in {a for _, a in qa}, qa
+
+
 def test_one_line_records_are_facts_and_numbered_labels_are_headings():
     """A register of "key: value" lines, one per paragraph: each line is a record asked by its key."""
     text = ("Ledger of Hollin Vale\n\nChief ferryman: Osk Pellam\n\nNote: The ferry does not run in fog.\n\n"

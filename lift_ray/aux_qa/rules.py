@@ -139,6 +139,18 @@ def fact_spans(sent) -> list:
         if run and not (len(run) == 1 and run[0] == sent.start):  # a lone capitalised opener is no name
             found.append(doc[run[0] : run[-1] + 1])
         run = []
+    for tok in sent:  # a title or a name of its own with "of" in it: "Mosses of the Western Seaboard", "Duke of Savoy"
+        if not _opens_title(tok):
+            continue
+        end, j = tok.i + 1, tok.i + 1
+        while j < sent.end and (_capitalised(doc[j]) or (doc[j].lower_ in ("of", "the") and j > tok.i)):
+            j += 1
+            end = j if _capitalised(doc[j - 1]) else end
+        title = doc[tok.i : end]
+        # (never through a name the recogniser found: "the Great and General Court of …" is one already)
+        cut = any(e.start < title.end and title.start < e.end and not (title.start <= e.start and e.end <= title.end) for e in sent.ents)
+        if any(t.lower_ == "of" for t in title) and len(title) <= MAX_ANSWER_WORDS and not cut:
+            found.append(title)
     for tok in sent:  # letter codes ("port A", "grade B2", "the ISO format"): short all-capital names
         code = tok.text.rstrip(".")
         if tok.pos_ in ("PROPN", "NOUN", "X") and code.isalpha() and code.isupper() and len(code) <= 4 and tok.i > sent.start:
@@ -188,6 +200,19 @@ def fact_spans(sent) -> list:
             continue
         spans.append(span)
     return sorted(spans, key=lambda s: s.start)
+
+
+def _capitalised(token) -> bool:
+    return token.is_alpha and token.text[:1].isupper()
+
+
+def _opens_title(token) -> bool:
+    """``token`` starts a run of capitalised words mid-sentence (a sentence's first word is capitalised anyway)."""
+    doc = token.doc
+    if token.i <= token.sent.start or not _capitalised(token) or token.pos_ not in ("NOUN", "PROPN") or _capitalised(doc[token.i - 1]):
+        return False
+    # not the second half of a name joined by "and" ("the Great and General Court of …")
+    return not (doc[token.i - 1].dep_ == "cc" and token.i - 2 >= token.sent.start and _capitalised(doc[token.i - 2]))
 
 
 def _hollow_noun(words) -> bool:
@@ -324,6 +349,11 @@ class _Context:
     # a later bare "the new combination" that combination ({"combination": ("padlock", "for the chemical store")})
     described: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     people: list[str] = dataclasses.field(default_factory=list)  # every person the recogniser named in full so far, the latest last
+    # "she" or "he" for a person a pronoun was first resolved to: a later "her" after "Robert died in 1999"
+    # is not Robert when "she" has meant Ilse Marwood all along
+    pronoun_of: dict[str, str] = dataclasses.field(default_factory=dict)
+    times_meant: dict[str, int] = dataclasses.field(default_factory=dict)  # how often a pronoun meant each person
+    opening: bool = False  # the paragraph's first sentence is being read
 
 
 def _parse_text(sentence: str) -> str:
@@ -679,12 +709,35 @@ def _known_person(token, ctx: _Context) -> str | None:
 def _pronoun_antecedent(pronoun: str, ctx: _Context) -> str | None:
     """The antecedent of a personal pronoun or possessive (None: "we", "you", "who", ...: nobody to name)."""
     if pronoun in ("he", "she", "him", "her", "his", "hers"):
-        return ctx.person
+        return _person_for(pronoun, ctx)
     if pronoun in ("i", "me", "my", "mine"):
         return ctx.speaker
     if pronoun in ("it", "its", "they", "their"):
         return ctx.topic
     return None
+
+
+def _person_for(pronoun: str, ctx: _Context) -> str | None:
+    """The person a "she"/"he" (or "her", "his", ...) means: the last person named, unless the text's
+    pronouns already told them apart: a person a "she" has meant is no later "he" (nor the reverse), and
+    a paragraph that opens with the pronoun is about the person it has meant most (a biography's "Her
+    best-known work …" after "Robert died in 1999."), who is then the one named last. Each resolution
+    is remembered."""
+    said = "she" if pronoun in ("she", "her", "hers") else "he"
+    person = ctx.person
+    if person is not None and ctx.pronoun_of.get(person, said) != said:
+        # the last person named is the other one: the latest one this pronoun has meant
+        person = next((p for p in reversed(ctx.people) if ctx.pronoun_of.get(p) == said), None)
+    elif ctx.opening:
+        meant = [p for p, s in ctx.pronoun_of.items() if s == said]
+        person = max(meant, key=lambda p: ctx.times_meant.get(p, 0), default=person)
+        ctx.person = person
+    if person is not None:
+        ctx.pronoun_of.setdefault(person, said)
+        ctx.times_meant[person] = ctx.times_meant.get(person, 0) + 1
+        if person not in ctx.people and " " in person:
+            ctx.people.append(person)
+    return person
 
 
 def _noun_phrase(noun) -> str:
@@ -1360,13 +1413,15 @@ class RuleQAGenerator:
         docs = list(nlp.pipe([_parse_text(s) for s in flat]))
         speaker = next((e.text for e in docs[0].ents if e.label_ == "PERSON"), None)  # "An interview with X"
         pairs: list[QAPair] = []
-        index, heading, topic, asked, asked_at, person, people = 0, None, None, None, -99, None, []
+        index, heading, topic, asked, asked_at, person, people, pronoun_of, times_meant = 0, None, None, None, -99, None, [], {}, {}
         headings = [_is_heading(s, para) for para in paragraphs for s in para]
         numbering = _numbering_headings([s for s, h in zip(flat, headings) if h])
         for para in paragraphs:
             # "she" opening a paragraph is still the person the text is about (a biography, a story)
-            ctx = _Context(topic=topic, person=person, speaker=speaker, heading=heading, record=None, people=people)
+            ctx = _Context(topic=topic, person=person, speaker=speaker, heading=heading, record=None, people=people,
+                           pronoun_of=pronoun_of, times_meant=times_meant)
             for sentence in para:
+                ctx.opening = sentence is para[0]
                 doc = docs[index]
                 if headings[index]:
                     # "2. Section 2" only counts: the facts under it belong to no section name ("What is the
@@ -1450,6 +1505,8 @@ class RuleQAGenerator:
             alone = subj is not None and subj.left_edge.i == subj.right_edge.i  # "Sayle", not "Anna Sayle"
             if alone and (known := _known_person(subj, ctx)):
                 ctx.person = known  # back to a person named before ("Marwood was awarded the Linnean Medal")
+            elif subj is not None and subj.lower_ in ("he", "she") and (meant := _person_for(subj.lower_, ctx)):
+                ctx.person = meant  # "In 1985 she described …": she, not the book named before
             elif (people or names) and not (subj is not None and _same_person(subj, ctx)):
                 # a person named as the subject is who the next "she" means; a sentence whose subject already
                 # is that person ("she married Anton Sepp", "Ilves hid the plates in Haapsalu") stays about them
