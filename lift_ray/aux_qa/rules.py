@@ -1438,6 +1438,11 @@ class RuleQAGenerator:
                     asked, asked_at = sentence.strip(), index
                 index += 1
             person = ctx.person
+        # a name a "she" or "he" meant later is a person, though the recogniser missed it where it was asked
+        # ("Ilse Marwood, who has died aged 91, spent …": "Who spent …?", not "What spent …?")
+        pairs = [p.model_copy(update={"question": "Who " + p.question[5:]})
+                 if p.generator == "rules:subject" and p.question.startswith("What ") and p.answer in pronoun_of else p
+                 for p in pairs]
         return _drop_conflicts(pairs)
 
     def sentence_pairs(self, sentence: str, doc, index: int, ctx: _Context, asked: str | None = None) -> list[QAPair]:
