@@ -565,6 +565,19 @@ def test_her_after_a_newly_named_man_is_still_the_woman_the_text_is_about_and_a_
     assert "Western Seaboard" not in {a for _, a in qa}, qa
 
 
+def test_a_passive_with_an_irregular_verb_is_also_asked_in_the_active():
+    """ "was built … by Methodist weavers" → "Who built …?" (one irregular form: it is the past tense too),
+    "was written … by Anne Morrow" → "Who wrote …?" (the lemmatiser's other form), as "opened" always was."""
+    text = ("The chapel at Scar Top was built in 1821 by Methodist weavers. The novel was written in 1850 by Anne Morrow. "
+            "The hall, built by Lydia Crane, has a red roof.")
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("Who built the chapel at Scar Top in 1821?", "Methodist weavers") in qa, qa
+    assert ("Who wrote the novel in 1850?", "Anne Morrow") in qa, qa
+    assert ("Who built the hall?", "Lydia Crane") in qa, qa
+    assert not [q for q, _ in qa if "Who written" in q or "Who writed" in q], qa
+
+
 def test_one_line_records_are_facts_and_numbered_labels_are_headings():
     """A register of "key: value" lines, one per paragraph: each line is a record asked by its key."""
     text = ("Ledger of Hollin Vale\n\nChief ferryman: Osk Pellam\n\nNote: The ferry does not run in fog.\n\n"

@@ -547,18 +547,17 @@ class _Clause:
         return " ".join([subj, *[a.text for a in self.auxes], *[t.text for t in self.negs], *inner, self.verb.text, *body])
 
     def active(self, skip) -> str | None:
-        """A past passive clause turned active without its agent ``skip``: "opened the museum in 1936".
-
-        Only regular verbs (the participle is the past tense: "-ed"); None otherwise.
+        """A past passive clause turned active without its agent ``skip``: "opened the museum in 1936",
+        "built the chapel at Scar Top in 1821". None where the past tense is unknown (:func:`_past_tense`).
         """
         subj = self.subject_text()
         passive = [a for a in self.auxes if a.dep_ == "auxpass"]
         if subj is None or self.negs or len(self.auxes) != 1 or not passive or passive[0].tag_ != "VBD":
             return None
-        if self.verb.tag_ != "VBN" or not self.verb.text.endswith("ed"):
+        if self.verb.tag_ != "VBN" or (past := _past_tense(self.verb)) is None:
             return None
         inner, body = self._pieces(skip)
-        return " ".join([self.verb.text, subj, *inner, *body])
+        return " ".join([past, subj, *inner, *body])
 
     def declarative_tail(self) -> str:
         """The clause without its subject, in document order: "designed the lighthouse in 1761"."""
@@ -931,6 +930,32 @@ def _base_form(verb) -> str:
     return lemma
 
 
+def _past_tense(participle) -> str | None:
+    """The past tense of a past participle: the same word for a regular verb ("designed") and for an
+    irregular one with one irregular form ("built", "paid", "held"); the other irregular form where the
+    lemmatiser's exceptions list two ("written" → "wrote", "taken" → "took"); None where they list more
+    or the participle is not among them (nothing to guess from)."""
+    word = participle.lower_
+    forms = {f for f in _irregular_verbs().get(participle.lemma_, ()) if not f.endswith("ing") and f != participle.lemma_}
+    if not forms:
+        return word if word.endswith("ed") else None
+    others = forms - {word}
+    if word not in forms or len(others) > 1:
+        return None
+    return others.pop() if others else word
+
+
+@functools.lru_cache(maxsize=1)
+def _irregular_verbs() -> dict[str, tuple[str, ...]]:
+    """lemma → its irregular forms, from the English pipeline's lemmatiser exceptions ("built" → build)."""
+    table = load_pipeline().get_pipe("lemmatizer").lookups.get_table("lemma_exc")["verb"]
+    out: dict[str, list[str]] = {}
+    for form, lemmas in table.items():
+        for lemma in lemmas:
+            out.setdefault(lemma, []).append(form)
+    return {lemma: tuple(forms) for lemma, forms in out.items()}
+
+
 def _covers(token, fact) -> bool:
     """``fact`` lies inside the constituent headed by ``token``."""
     return token.left_edge.i <= fact.start and fact.end - 1 <= token.right_edge.i
@@ -1126,10 +1151,12 @@ def _title_pairs(facts: list) -> list[tuple[str, str, str]]:
 
 def _participle_agent_pairs(sent, facts: list) -> list[tuple[str, str, str]]:
     """A name after "by" in a participle describing a noun ("The hall, designed by Lydia Crane, …")
-    asked as who did it: "Who designed the hall?" (regular verbs only: "-ed" is the past tense too)."""
+    asked as who did it: "Who designed the hall?" (where the past tense is known: :func:`_past_tense`)."""
     out = []
     for verb in sent:
-        if verb.dep_ != "acl" or verb.tag_ != "VBN" or not verb.lower_.endswith("ed") or verb.head.pos_ != "NOUN" or verb.head.i > verb.i:
+        if verb.dep_ != "acl" or verb.tag_ != "VBN" or verb.head.pos_ != "NOUN" or verb.head.i > verb.i:
+            continue
+        if (past := _past_tense(verb)) is None:
             continue
         agent = next((c for c in verb.children if c.dep_ == "agent"), None)
         target = next((c for c in agent.children if c.dep_ == "pobj"), None) if agent is not None else None
@@ -1140,7 +1167,7 @@ def _participle_agent_pairs(sent, facts: list) -> list[tuple[str, str, str]]:
             continue
         noun = _noun_phrase(verb.head)
         if not any(t.pos_ == "PRON" for t in verb.head.lefts):
-            out.append((_question(f"Who {verb.lower_} {noun}"), fact.text, "agent"))
+            out.append((_question(f"Who {past} {noun}"), fact.text, "agent"))
     return out
 
 
