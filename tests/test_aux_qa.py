@@ -569,12 +569,13 @@ def test_a_passive_with_an_irregular_verb_is_also_asked_in_the_active():
     """ "was built … by Methodist weavers" → "Who built …?" (one irregular form: it is the past tense too),
     "was written … by Anne Morrow" → "Who wrote …?" (the lemmatiser's other form), as "opened" always was."""
     text = ("The chapel at Scar Top was built in 1821 by Methodist weavers. The novel was written in 1850 by Anne Morrow. "
-            "The hall, built by Lydia Crane, has a red roof.")
+            "The hall, built by Lydia Crane, has a red roof. The trade was learned in 1700 by Welsh miners.")
     _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
     qa = {(p.question, p.answer) for p in kept}
     assert ("Who built the chapel at Scar Top in 1821?", "Methodist weavers") in qa, qa
     assert ("Who wrote the novel in 1850?", "Anne Morrow") in qa, qa
     assert ("Who built the hall?", "Lydia Crane") in qa, qa
+    assert ("Who learned the trade in 1700?", "Welsh miners") in qa, qa  # regular, though "learnt" is listed
     assert not [q for q, _ in qa if "Who written" in q or "Who writed" in q], qa
 
 

@@ -933,14 +933,16 @@ def _base_form(verb) -> str:
 def _past_tense(participle) -> str | None:
     """The past tense of a past participle: the same word for a regular verb ("designed") and for an
     irregular one with one irregular form ("built", "paid", "held"); the other irregular form where the
-    lemmatiser's exceptions list two ("written" → "wrote", "taken" → "took"); None where they list more
-    or the participle is not among them (nothing to guess from)."""
+    lemmatiser's exceptions list two ("written" → "wrote", "taken" → "took"); None where they list more,
+    or for an irregular participle they do not list (nothing to guess from)."""
     word = participle.lower_
     forms = {f for f in _irregular_verbs().get(participle.lemma_, ()) if not f.endswith("ing") and f != participle.lemma_}
     if not forms:
         return word if word.endswith("ed") else None
+    if word not in forms:  # a regular participle of a verb with an irregular one too ("learned", "learnt")
+        return word if word.endswith("ed") else None
     others = forms - {word}
-    if word not in forms or len(others) > 1:
+    if len(others) > 1:
         return None
     return others.pop() if others else word
 
