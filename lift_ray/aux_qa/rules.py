@@ -143,7 +143,7 @@ def fact_spans(sent) -> list:
         if not _opens_title(tok):
             continue
         end, j = tok.i + 1, tok.i + 1
-        while j < sent.end and (_capitalised(doc[j]) or (doc[j].lower_ in ("of", "the") and j > tok.i)):
+        while j < sent.end and (_capitalised(doc[j]) or doc[j].lower_ in ("of", "the")):
             j += 1
             end = j if _capitalised(doc[j - 1]) else end
         title = doc[tok.i : end]
@@ -937,9 +937,7 @@ def _past_tense(participle) -> str | None:
     or for an irregular participle they do not list (nothing to guess from)."""
     word = participle.lower_
     forms = {f for f in _irregular_verbs().get(participle.lemma_, ()) if not f.endswith("ing") and f != participle.lemma_}
-    if not forms:
-        return word if word.endswith("ed") else None
-    if word not in forms:  # a regular participle of a verb with an irregular one too ("learned", "learnt")
+    if word not in forms:  # a regular verb, or a regular participle beside an irregular one ("learned", "learnt")
         return word if word.endswith("ed") else None
     others = forms - {word}
     if len(others) > 1:
@@ -1048,7 +1046,7 @@ def _called_pairs(facts: list) -> list[tuple[str, str, str]]:
         if not words or any(t.pos_ == "PRON" for t in words) or len(words) > MAX_ANSWER_WORDS:
             continue
         # how it is called, as the sentence says it ("known locally as"), up to the name
-        how = _text([t for t in doc[verb.i : fact.start] if t.dep_ not in ("det",) and not t.is_punct])
+        how = _text([t for t in doc[verb.i : fact.start] if t.dep_ != "det" and not t.is_punct])
         phrase = _text(words) if noun.pos_ == "PROPN" or noun.text[:1].isupper() else "the " + _text(words)
         tense = "was" if fact.sent.root.tag_ in ("VBD", "VBN") else "is"
         out.append((_question(f"What {tense} {phrase} {how}"), fact.text, "name"))
