@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -541,6 +542,27 @@ def test_a_name_with_a_who_clause_is_asked_from_the_clause_even_where_the_main_v
     assert ("When did Abel Stott first build the cairn as a marker for shepherds?", "1880s") in qa, qa
     assert ("When did the old railway station in Netherby close to passengers?", "1965") in qa, qa
     assert not [q for q, a in qa if "did Netherby close" in q], qa
+
+
+def test_an_object_pronoun_is_named_and_a_name_with_a_subtitle_is_no_record():
+    """A question names whom an object "her" or "it" meant, in every constituent ("took her to Skye",
+    "built a wall around it", "leave lettuce for it" after "and", about the clause before it); a title
+    line "Name: a subtitle" asks nothing as a "key: value" record, while a field's line still does."""
+    text = ("Ilse Marwood: a life among mosses\n\n"
+            "Ilse Marwood was born in Dundee. Her tutor, the lichen expert Duncan Ferrie, took her to Skye in 1952.\n\n"
+            "The cairn was rebuilt by volunteers in 1998. "
+            "A metal plaque names the farmer, Abel Stott, who first built a wall around it in the 1880s.\n\n"
+            "The ferry keeps a pet goat named Pip. The goat has lived on the ferry for longer than anyone can "
+            "remember, and children leave apples for it on the slipway every Sunday.\n\n"
+            "Opening hours: from nine until five")
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("Who took Ilse Marwood to Skye in 1952?", "Duncan Ferrie") in qa, qa
+    assert ("Who first built a wall around the cairn in the 1880s?", "Abel Stott") in qa, qa
+    assert ("When did Abel Stott first build a wall around the cairn?", "1880s") in qa, qa
+    assert ("How often do children leave apples for the goat?", "every Sunday") in qa, qa
+    assert ("What is the opening hours?", "from nine until five") in qa, qa
+    assert not [q for q, _ in qa if re.search(r"\b(her|it)\?", q) or "ilse marwood?" in q.lower()], qa
 
 
 def test_her_after_a_newly_named_man_is_still_the_woman_the_text_is_about_and_a_title_with_of_is_one_answer():

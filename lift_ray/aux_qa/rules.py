@@ -474,13 +474,20 @@ class _Clause:
         """A constituent's words, without the comma or conjunction that ends its range, nor the words
         of ``skip`` where that lies inside it (a constituent of an infinitive: "plans to build ____")."""
         tokens = _without_asides(list(part.doc[part.left_edge.i : part.right_edge.i + 1]))
-        if len(tokens) == 1 and part.lower_ == "it" and part.dep_ == "dobj" and self.ctx.topic:
-            return self.ctx.topic  # "first built it" → "first built the cairn": the paragraph is gone
         if skip is not None:
             tokens = [t for t in tokens if not skip.left_edge.i <= t.i <= skip.right_edge.i]
         while tokens and (tokens[-1].is_punct or tokens[-1].dep_ == "cc"):
             tokens.pop()
-        return _text(tokens)
+        # an object pronoun is named, for the paragraph is gone: "first built a wall around it" → "… around
+        # the cairn", "took her to Skye" → "took Ilse Marwood to Skye"
+        pieces, run = [], []
+        for t in tokens:
+            if t.tag_ == "PRP" and t.dep_ in _PRONOUN_OBJECTS and (named := _object_antecedent(t, self.ctx)):
+                pieces += [_text(run), named] if run else [named]
+                run = []
+            else:
+                run.append(t)
+        return " ".join(w for w in [*pieces, _text(run)] if w)
 
     def _pieces(self, skip) -> tuple[list[str], list[str]]:
         """(adverbials between subject and verb, constituents after the verb + fronted ones), minus ``skip``."""
@@ -714,6 +721,30 @@ def _pronoun_antecedent(pronoun: str, ctx: _Context) -> str | None:
     if pronoun in ("it", "its", "they", "their"):
         return ctx.topic
     return None
+
+
+# Where a pronoun is an object a question can name: of the verb, of a preposition, the one given to.
+_PRONOUN_OBJECTS = {"dobj", "pobj", "dative"}
+
+
+def _object_antecedent(pronoun, ctx: _Context) -> str | None:
+    """Whom or what an object "it", "him" or "her" means, without counting it as a use of the pronoun
+    (:func:`_person_for` remembers subjects; an object read again for every question would outweigh them)."""
+    if pronoun.lower_ == "it":
+        # in a clause joined by "and" to one about a thing, that thing ("The tortoise has lived … for longer
+        # than anyone can remember, and children leave lettuce for it")
+        verb = next((t for t in pronoun.ancestors if t.pos_ in ("VERB", "AUX")), None)
+        if verb is not None and verb.dep_ == "conj":
+            first = next((c for c in verb.head.children if c.dep_ in ("nsubj", "nsubjpass")), None)
+            if first is not None and first.pos_ == "NOUN" and first.i < pronoun.i:
+                return _noun_phrase(first)
+        return ctx.topic
+    if pronoun.lower_ not in ("him", "her"):
+        return None
+    said = "she" if pronoun.lower_ == "her" else "he"
+    if ctx.person is not None and ctx.pronoun_of.get(ctx.person, said) == said:
+        return ctx.person
+    return next((p for p in reversed(ctx.people) if ctx.pronoun_of.get(p) == said), None)
 
 
 def _person_for(pronoun: str, ctx: _Context) -> str | None:
@@ -1248,8 +1279,6 @@ def _relative_subject_pairs(clause: _Clause, facts: list) -> list[tuple[str, str
     if fact is None or not all(t.pos_ == "PROPN" and t.text[:1].isupper() for t in fact):
         return []
     words = clause.declarative_tail().split()
-    if sum(w == "it" for w in words) == 1 and clause.ctx.topic:
-        words[words.index("it")] = clause.ctx.topic
     if len(words) < 2 or set(words) & _UNRESOLVED:
         return []  # "Who married him?": whom the clause is about is another question
     return [(_question(f"Who {' '.join(words)}"), fact.text, "subject")]
@@ -1394,6 +1423,17 @@ def _field_end(kv, doc) -> int:
     return span.end_char
 
 
+def _subtitled(kv) -> bool:
+    """A "key: value" line that is a name with a subtitle ("Ilse Marwood: a life among mosses", "Harbour
+    Row: the first hundred years"): the key a proper name, the value a lowercase phrase of several words."""
+    key, value = kv.group("key").strip(), kv.group("value").strip()
+    words = key.split()
+    if not (value[:1].islower() and len(value.split()) >= 3 and len(words) <= 4 and all(w[:1].isupper() for w in words)):
+        return False
+    # the line's parse is of the value alone (:func:`_parse_text`): a field's name ("Opening Hours") is no name
+    return all(t.pos_ == "PROPN" for t in load_pipeline()(key))
+
+
 def _clean_answer(answer: str) -> str:
     return answer.strip().rstrip(".,;:")
 
@@ -1409,7 +1449,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 27  # the rules' generation as the README names it; caches and variants also follow the code
+    VERSION = 28  # the rules' generation as the README names it; caches and variants also follow the code
     MODULES = ("lift_ray.aux_qa.rules", "lift_ray.aux_qa.evidence", "lift_ray.aux_qa.cache")  # what decides the pairs
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
@@ -1483,6 +1523,8 @@ class RuleQAGenerator:
         strong: set[str] = set()
         reverse = None
         kv = _KEY_VALUE.match(_BULLET.sub("", sentence.strip()))
+        if kv and _subtitled(kv):
+            kv = None  # "Ilse Marwood: a life among mosses" is a title, not the field "ilse marwood"
         key_end = _field_end(kv, doc)
         if kv and len(kv.group("value").split()) <= MAX_ANSWER_WORDS:
             key, value = kv.group("key").strip(), kv.group("value").strip().rstrip(".;")
