@@ -565,6 +565,19 @@ def test_an_object_pronoun_is_named_and_a_name_with_a_subtitle_is_no_record():
     assert not [q for q, _ in qa if re.search(r"\b(her|it)\?", q) or "ilse marwood?" in q.lower()], qa
 
 
+def test_an_object_him_counts_as_a_mention_of_the_man_it_meant():
+    """Every "he", "his" or "him" that meant a person is one mention of him, resolved the one way: a paragraph
+    opening with "His" after a place was named last ("a quarry at Tillow Cross") is about the man "him" meant."""
+    text = ("Halden Voss arrived in the valley of Brenmoor in March 1874, carrying a letter from his uncle. "
+            "The letter promised him a cottage and forty apple trees.\n\n"
+            "Halden spent his first summer mending the roof with slate he bought from a quarry at Tillow Cross.\n\n"
+            "His neighbour was a widow called Maren Ashgrove, who kept bees.")
+    _, kept, _ = _pairs(text, max_pairs_per_sentence=6)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("Who was the neighbour of Halden Voss?", "Maren Ashgrove") in qa, qa
+    assert not [q for q, _ in qa if "Tillow Cross?" in q and "neighbour" in q], qa
+
+
 def test_her_after_a_newly_named_man_is_still_the_woman_the_text_is_about_and_a_title_with_of_is_one_answer():
     """A biography's "Her best-known work …" opening a paragraph after "Robert died in 1999." is hers (the
     person "she" has meant all along), and so is the next "she"; a man named after a man ("Joseph

@@ -352,7 +352,8 @@ class _Context:
     # "she" or "he" for a person a pronoun was first resolved to: a later "her" after "Robert died in 1999"
     # is not Robert when "she" has meant Ilse Marwood all along
     pronoun_of: dict[str, str] = dataclasses.field(default_factory=dict)
-    times_meant: dict[str, int] = dataclasses.field(default_factory=dict)  # how often a pronoun meant each person
+    # the mentions (sentence, token) of each person by a pronoun: how often one meant them
+    times_meant: dict[str, set] = dataclasses.field(default_factory=dict)
     opening: bool = False  # the paragraph's first sentence is being read
 
 
@@ -637,7 +638,7 @@ def _resolved(subject, ctx: _Context, antecedent: str | None = None) -> str | No
             # the writer or the reader, in the document's own voice ("How many new books have we bought?");
             # only a subject-side question about them is never asked (clause_pairs)
             return subject.lower_
-        return _pronoun_antecedent(subject.lower_, ctx)
+        return _pronoun_antecedent(subject, ctx)
     if len(tokens) == 1 and _same_person(subject, ctx):
         return ctx.person  # "Ilves hid ..." asked about "Margarethe Ilves"
     if len(tokens) == 1 and (known := _known_person(subject, ctx)):
@@ -645,7 +646,7 @@ def _resolved(subject, ctx: _Context, antecedent: str | None = None) -> str | No
     poss = [t for t in tokens if t.dep_ == "poss" and (t.pos_ == "PRON" or t.tag_ in _RELATIVE)]
     if not poss:
         return _as_described(subject, tokens, ctx) or _text(tokens)
-    owner = antecedent if poss[0].tag_ in _RELATIVE else _pronoun_antecedent(poss[0].lower_, ctx)
+    owner = antecedent if poss[0].tag_ in _RELATIVE else _pronoun_antecedent(poss[0], ctx)
     k = tokens.index(poss[0])
     rest = _text(tokens[k + 1 :])
     if owner is None and poss[0].lower_ in ("our", "your") and poss[0].head.i == subject.i:
@@ -712,10 +713,11 @@ def _known_person(token, ctx: _Context) -> str | None:
     return next((p for p in reversed(ctx.people) if token.text in p.split() and p != token.text), None)
 
 
-def _pronoun_antecedent(pronoun: str, ctx: _Context) -> str | None:
+def _pronoun_antecedent(token, ctx: _Context) -> str | None:
     """The antecedent of a personal pronoun or possessive (None: "we", "you", "who", ...: nobody to name)."""
+    pronoun = token.lower_
     if pronoun in ("he", "she", "him", "her", "his", "hers"):
-        return _person_for(pronoun, ctx)
+        return _person_for(token, ctx)
     if pronoun in ("i", "me", "my", "mine"):
         return ctx.speaker
     if pronoun in ("it", "its", "they", "their"):
@@ -728,8 +730,7 @@ _PRONOUN_OBJECTS = {"dobj", "pobj", "dative"}
 
 
 def _object_antecedent(pronoun, ctx: _Context) -> str | None:
-    """Whom or what an object "it", "him" or "her" means, without counting it as a use of the pronoun
-    (:func:`_person_for` remembers subjects; an object read again for every question would outweigh them)."""
+    """Whom or what an object "it", "him" or "her" means."""
     if pronoun.lower_ == "it":
         # in a clause joined by "and" to one about a thing, that thing ("The tortoise has lived … for longer
         # than anyone can remember, and children leave lettuce for it")
@@ -739,32 +740,27 @@ def _object_antecedent(pronoun, ctx: _Context) -> str | None:
             if first is not None and first.pos_ == "NOUN" and first.i < pronoun.i:
                 return _noun_phrase(first)
         return ctx.topic
-    if pronoun.lower_ not in ("him", "her"):
-        return None
-    said = "she" if pronoun.lower_ == "her" else "he"
-    if ctx.person is not None and ctx.pronoun_of.get(ctx.person, said) == said:
-        return ctx.person
-    return next((p for p in reversed(ctx.people) if ctx.pronoun_of.get(p) == said), None)
+    return _person_for(pronoun, ctx) if pronoun.lower_ in ("him", "her") else None
 
 
-def _person_for(pronoun: str, ctx: _Context) -> str | None:
+def _person_for(token, ctx: _Context) -> str | None:
     """The person a "she"/"he" (or "her", "his", ...) means: the last person named, unless the text's
     pronouns already told them apart: a person a "she" has meant is no later "he" (nor the reverse), and
     a paragraph that opens with the pronoun is about the person it has meant most (a biography's "Her
-    best-known work …" after "Robert died in 1999."), who is then the one named last. Each resolution
-    is remembered."""
-    said = "she" if pronoun in ("she", "her", "hers") else "he"
+    best-known work …" after "Robert died in 1999."), who is then the one named last. Each mention is
+    remembered once, however many questions name it."""
+    said = "she" if token.lower_ in ("she", "her", "hers") else "he"
     person = ctx.person
     if person is not None and ctx.pronoun_of.get(person, said) != said:
         # the last person named is the other one: the latest one this pronoun has meant
         person = next((p for p in reversed(ctx.people) if ctx.pronoun_of.get(p) == said), None)
     elif ctx.opening:
         meant = [p for p, s in ctx.pronoun_of.items() if s == said]
-        person = max(meant, key=lambda p: ctx.times_meant.get(p, 0), default=person)
+        person = max(meant, key=lambda p: len(ctx.times_meant.get(p, ())), default=person)
         ctx.person = person
     if person is not None:
         ctx.pronoun_of.setdefault(person, said)
-        ctx.times_meant[person] = ctx.times_meant.get(person, 0) + 1
+        ctx.times_meant.setdefault(person, set()).add((id(token.doc), token.i))
         if person not in ctx.people and " " in person:
             ctx.people.append(person)
     return person
@@ -1154,7 +1150,7 @@ def _appositive_phrase(noun, end: int, ctx: _Context | None) -> str | None:
         return None
     owner = None
     if words[0].dep_ == "poss" and words[0].pos_ == "PRON" and words[0].lower_ in ("his", "her") and ctx is not None:
-        owner = _pronoun_antecedent(words[0].lower_, ctx)
+        owner = _pronoun_antecedent(words[0], ctx)
         words = words[1:] if owner else words
     if not words or any(t.pos_ == "PRON" for t in words):
         return None
@@ -1579,7 +1575,7 @@ class RuleQAGenerator:
             alone = subj is not None and subj.left_edge.i == subj.right_edge.i  # "Sayle", not "Anna Sayle"
             if alone and (known := _known_person(subj, ctx)):
                 ctx.person = known  # back to a person named before ("Marwood was awarded the Linnean Medal")
-            elif subj is not None and subj.lower_ in ("he", "she") and (meant := _person_for(subj.lower_, ctx)):
+            elif subj is not None and subj.lower_ in ("he", "she") and (meant := _person_for(subj, ctx)):
                 ctx.person = meant  # "In 1985 she described …": she, not the book named before
             elif (people or names) and not (subj is not None and _same_person(subj, ctx)):
                 # a person named as the subject is who the next "she" means; a sentence whose subject already
@@ -1666,7 +1662,7 @@ def _antecedent(sent, ctx: _Context) -> str | None:
     first = next((t for t in sent if not t.is_punct), None)
     if first is None or first.pos_ != "PRON":
         return None
-    return _pronoun_antecedent(first.lower_, ctx)
+    return _pronoun_antecedent(first, ctx)
 
 
 def _drop_conflicts(pairs: list[QAPair]) -> list[QAPair]:
