@@ -739,8 +739,7 @@ def _object_antecedent(pronoun, ctx: _Context) -> str | None:
             first = next((c for c in verb.head.children if c.dep_ in ("nsubj", "nsubjpass")), None)
             if first is not None and first.pos_ == "NOUN" and first.i < pronoun.i:
                 return _noun_phrase(first)
-        return ctx.topic
-    return _person_for(pronoun, ctx) if pronoun.lower_ in ("him", "her") else None
+    return _pronoun_antecedent(pronoun, ctx) if pronoun.lower_ in ("it", "him", "her") else None
 
 
 def _person_for(token, ctx: _Context) -> str | None:
