@@ -565,6 +565,14 @@ def test_an_object_pronoun_is_named_and_a_name_with_a_subtitle_is_no_record():
     assert not [q for q, _ in qa if re.search(r"\b(her|it)\?", q) or "ilse marwood?" in q.lower()], qa
 
 
+def test_a_place_after_from_is_asked_where_from():
+    """ "joins us from Leeds" asks where from; without the "from" the question asks where to."""
+    _, kept, _ = _pairs("The new Year 4 teacher is Mr Alan Pike, who joins us from Leeds.", max_pairs_per_sentence=6)
+    qa = {(p.question, p.answer) for p in kept}
+    assert ("Where does Mr Alan Pike join us from?", "Leeds") in qa, qa
+    assert ("Where does Mr Alan Pike join us?", "Leeds") not in qa, qa
+
+
 def test_an_object_him_counts_as_a_mention_of_the_man_it_meant():
     """Every "he", "his" or "him" that meant a person is one mention of him, resolved the one way: a paragraph
     opening with "His" after a place was named last ("a quarry at Tillow Cross") is about the man "him" meant."""

@@ -856,7 +856,7 @@ def _wh(fact, part, label: str) -> tuple[str, str]:
             return "How old", ""  # "at least 16 years old" is an age, not an amount of time
         return ("How long", "") if duration else ("When", "")
     if prep and label in _PLACES:
-        return "Where", ""
+        return "Where", prep if prep == "from" else ""  # "Where does she join us from?": where to, without it
     if label in ("QUANTITY", "MONEY", "PERCENT") and part.dep_ == "dobj":
         return "How much", ""
     who = label in _PERSONAL or (fact.root.pos_ == "PRON" and fact.root.lower_ in ("he", "she"))
