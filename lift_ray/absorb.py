@@ -166,6 +166,7 @@ def absorb_document(
             view_for=retrieved if view == "retrieved" else None,
             lift_prompt=cfg.inference.lift_prompt if view == "none" else None,
             short=view in cfg.aux_qa.short_question_views,
+            distractors=cfg.aux_qa.distractors,
         )
     ]
     stages = training_stages(samples, qa, cfg)

@@ -132,6 +132,12 @@ class AuxQAConfig(_Base):
         "weavers?') is trained with it instead of its full question; the other views keep the full one. Default: "
         "every view (readers ask short; README 'Version 25'). Empty: full questions everywhere, as before version 25.",
     )
+    distractors: bool = Field(
+        False,
+        description="Train, beside each pair whose answer is a name or a number, the first token of the nearest "
+        "other name or number the pairs answer as a distractor (unlikelihood loss: pushed down, never checked), "
+        "against answering one fact of the document with another.",
+    )
     recite_segments: bool = Field(
         True,
         description="Train the segment recitation samples beside the QA pairs. False: the QA pairs alone, for "
@@ -389,10 +395,11 @@ class LiftConfig(_Base):
         """Hash of everything that changes the trained adapter (not inference or store settings)."""
         payload = {
             "segments": self.segments.model_dump(mode="json", exclude={"max_document_chars"}),
-            # recite_segments and an empty short_question_views are left out, so adapters absorbed before those
-            # fields existed (full questions everywhere) keep their variant.
+            # recite_segments, distractors off and an empty short_question_views are left out, so adapters absorbed
+            # before those fields existed (full questions everywhere) keep their variant.
             "aux_qa": self.aux_qa.model_dump(mode="json", exclude={
                 *(["recite_segments"] if self.aux_qa.recite_segments else []),
+                *([] if self.aux_qa.distractors else ["distractors"]),
                 *([] if self.aux_qa.short_question_views else ["short_question_views"]),
             }),
             "answer_prompt": self.inference.answer_prompt,  # QA samples are trained in this format

@@ -106,6 +106,9 @@ class Sample:
     labels: list[int]  # IGNORE_INDEX outside the target
     prefix_len: int  # tokens before the reply; equal prefixes can share computation
     kind: str = "segment"
+    # a distractor: its target is a token the model should NOT predict there (unlikelihood, see
+    # :func:`lift_ray.train.packed_loss`); never counted by the knowledge check
+    negative: bool = False
 
     @property
     def num_target_tokens(self) -> int:
@@ -205,6 +208,7 @@ class PackedBatch:
     logit_positions: torch.Tensor  # (n,) index of the token whose logits predict each target
     targets: torch.Tensor  # (n,) the target token ids
     num_tokens_unpacked: int  # what the same samples cost one by one
+    negative: torch.Tensor | None = None  # (n,) bool: the target is a distractor's; None when none is
 
     def to(self, device) -> "PackedBatch":
         return dataclasses.replace(
@@ -215,6 +219,7 @@ class PackedBatch:
             attention_mask=None if self.attention_mask is None else self.attention_mask.to(device),
             logit_positions=self.logit_positions.to(device),
             targets=self.targets.to(device),
+            negative=None if self.negative is None else self.negative.to(device),
         )
 
 
@@ -242,6 +247,7 @@ def pack_groups(groups: list[list[Sample]]) -> PackedBatch:
     trees: list[tuple[int, int, list[tuple[int, int]]]] = []  # (group start, prefix end, branches)
     logit_positions: list[int] = []
     targets: list[int] = []
+    negative: list[bool] = []
     for samples in groups:
         first = samples[0]
         prefix = first.input_ids[: first.prefix_len]
@@ -264,6 +270,7 @@ def pack_groups(groups: list[list[Sample]]) -> PackedBatch:
                     # The first reply token is predicted by the prefix's last token, shared by all branches.
                     logit_positions.append(base + p - 1 if j == 0 else start + j - 1)
                     targets.append(label)
+                    negative.append(s.negative)
             ids += reply
             labels += s.labels[p:]
             pos += range(p, p + len(reply))
@@ -288,6 +295,7 @@ def pack_groups(groups: list[list[Sample]]) -> PackedBatch:
         logit_positions=torch.tensor(logit_positions, dtype=torch.long),
         targets=torch.tensor(targets, dtype=torch.long),
         num_tokens_unpacked=sum(len(s.input_ids) for g in groups for s in g),
+        negative=torch.tensor(negative, dtype=torch.bool) if any(negative) else None,
     )
 
 

@@ -62,9 +62,19 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 
 
 def packed_loss(module: torch.nn.Module, batch: PackedBatch) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy over the target tokens of a packed batch, and their count."""
+    """Mean cross-entropy over the target tokens of a packed batch, and their count.
+
+    A distractor's targets (``batch.negative``) add the unlikelihood loss instead, mean −log(1 − p):
+    their probability is pushed down (Welleck et al., 2020), e.g. another pair's answer to a question.
+    """
     logits = target_logits(module, batch)
-    return F.cross_entropy(logits, batch.targets), int(batch.targets.numel())
+    if batch.negative is None:
+        return F.cross_entropy(logits, batch.targets), int(batch.targets.numel())
+    pos, neg = ~batch.negative, batch.negative
+    loss = F.cross_entropy(logits[pos], batch.targets[pos]) if bool(pos.any()) else logits.sum() * 0.0
+    p_wrong = F.log_softmax(logits[neg], -1).gather(1, batch.targets[neg, None]).squeeze(1).exp()
+    loss = loss - torch.log1p(-p_wrong.clamp(max=1 - 1e-6)).mean()
+    return loss, int(pos.sum())
 
 
 def target_logits(module: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
@@ -116,6 +126,7 @@ def knowledge_check(
     A pair counts as known when the greedy next token is right at every answer position; with the
     answer teacher-forced that is exactly what greedy decoding would produce, end of turn included.
     """
+    samples = [s for s in samples if not s.negative]  # a distractor has no answer to know
     if not samples:
         raise ValueError("no samples to check")
     start = time.perf_counter()

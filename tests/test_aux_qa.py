@@ -921,6 +921,36 @@ def test_qa_samples_match_the_icl_prompt_and_pack_exactly(tiny_loaded):
     assert separate[0][0].item() == pytest.approx(ref.item(), rel=1e-5)
 
 
+def test_distractors_are_the_nearest_other_name_or_number(tiny_loaded):
+    """aux_qa.distractors: after each pair whose answer is a name or a number, a negative sample with the
+    same prompt whose one target is the first token of the nearest other answer of that kind; none for a
+    phrase answer or where there is no other, nor an answer the question names."""
+    tok = tiny_loaded.tokenizer
+    fmt = chat_format(tok)
+    pair = lambda q, a, i: QAPair(question=q, answer=a, evidence="x", sentence_index=i, generator="rules:object")  # noqa: E731
+    pairs = [pair("Who built the mill?", "Abel Stott", 0), pair("When was the mill built?", "1821", 1),
+             pair("Who is Abel Stott's wife?", "Mary Ann", 2), pair("What is the mill called?", "Low Mill", 3),
+             pair("What does the mill keep?", "a pet goat", 4), pair("Who ran the school?", "Jane Hirst", 9)]
+    doc_ids = tok("The mill was built in 1821 by Abel Stott.", add_special_tokens=False)["input_ids"]
+    inf, seg = InferenceConfig(), SegmentConfig()
+    samples = qa_samples(pairs, fmt=fmt, tokenizer=tok, doc_ids=doc_ids, context_window=48,
+                         answer_prompt=inf.answer_prompt, mixin=seg.mixin, distractors=True)
+    first = lambda text: tok(text, add_special_tokens=False)["input_ids"][0]  # noqa: E731
+    positive = [s for s in samples if not s.negative]
+    assert len(positive) == len(pairs)
+    targets = {}
+    for i, s in enumerate(samples):
+        if s.negative:  # follows its pair's sample and shares its prompt
+            own = samples[i - 1]
+            assert s.input_ids[:-1] == own.input_ids[: len(own.input_ids) - own.num_target_tokens]
+            assert s.num_target_tokens == 1 and s.prefix_len == own.prefix_len
+            targets[positive.index(own)] = s.input_ids[-1]
+    # Abel Stott → Mary Ann (nearest name); 1821 and the goat: none; Mary Ann's question names Abel Stott → Low Mill
+    assert targets == {0: first("Mary Ann"), 2: first("Low Mill"), 3: first("Mary Ann"), 5: first("Low Mill")}
+    assert len(qa_samples(pairs, fmt=fmt, tokenizer=tok, doc_ids=doc_ids, context_window=48,
+                          answer_prompt=inf.answer_prompt, mixin=seg.mixin)) == len(pairs)
+
+
 def test_qa_samples_in_the_retrieved_view_match_the_rag_prompt_and_pack_exactly(tiny_loaded):
     """aux_qa.views ["retrieved"]: each pair is trained in the view a rag / lift+rag answer to it reads."""
     from lift_ray.retrieval import RetrievalIndex, retrieved_view

@@ -265,3 +265,52 @@ def test_cosine_schedule_decays_to_a_tenth():
     assert lrs[0] == 1.0 and lrs == sorted(lrs, reverse=True) and opt.param_groups[0]["lr"] == pytest.approx(0.1)
     const = _lr_schedule(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0), "constant", 10)
     assert const.get_last_lr() == [1.0]
+
+
+# --- distractors (unlikelihood) -------------------------------------------------------------------
+
+
+def test_a_distractor_adds_the_unlikelihood_of_its_target_and_the_check_ignores_it(tiny_loaded):
+    """A negative sample's target adds mean -log(1 - p) to the cross-entropy of the others, in the same
+    packed forward; the knowledge check counts only the pairs with answers."""
+    qa = _qa(tiny_loaded, PAIRS[:2])
+    wrong = tiny_loaded.tokenizer("Marlowe", add_special_tokens=False)["input_ids"][:1]
+    prompt = qa[0].input_ids[: len(qa[0].input_ids) - qa[0].num_target_tokens]
+    negative = Sample(prompt + wrong, [IGNORE_INDEX] * len(prompt) + wrong, qa[0].prefix_len, "qa", negative=True)
+    model = tiny_loaded.model
+    with torch.no_grad():
+        loss, n = packed_loss(model, pack_shared_prefix([*qa, negative]))
+        ce, n_ce = packed_loss(model, pack_shared_prefix(qa))
+        alone = pack_shared_prefix([negative])
+        p_wrong = torch.softmax(target_logits(model, alone), -1)[0, wrong[0]]
+    assert n == n_ce == sum(s.num_target_tokens for s in qa)
+    assert loss.item() == pytest.approx(ce.item() - torch.log1p(-p_wrong).item(), rel=1e-5)
+    check = knowledge_check(model, [*qa, negative])
+    assert check.pairs == len(qa)
+
+
+def test_training_with_a_distractor_lowers_its_probability(tiny_loaded, tiny_config, fitting_model):
+    """The same pairs trained with and without a distractor: with it, the question's probability of the
+    distractor's first token ends lower, and the pair's own answer is still learnt."""
+    qa = _qa(tiny_loaded, PAIRS)
+    wrong = tiny_loaded.tokenizer("Marlowe", add_special_tokens=False)["input_ids"][:1]
+    prompt = qa[0].input_ids[: len(qa[0].input_ids) - qa[0].num_target_tokens]
+    negative = Sample(prompt + wrong, [IGNORE_INDEX] * len(prompt) + wrong, qa[0].prefix_len, "qa", negative=True)
+    cfg = tiny_config.train.model_copy(update={"samples_per_step": 8, "learning_rate": 1e-2, "early_stop": False})
+
+    def p_wrong_after(samples):
+        torch.manual_seed(0)
+        handle = attach_adapter(fitting_model, LoraAdapterConfig(r=8, alpha=16, target_modules="all-linear"))
+        try:
+            train_schedule(handle, [Stage("QA", samples, 15)], cfg, progress=False)
+            with torch.no_grad():
+                p = torch.softmax(target_logits(fitting_model, pack_shared_prefix([negative])), -1)[0, wrong[0]].item()
+                known = knowledge_check(fitting_model, qa).answer_accuracy
+        finally:
+            handle.detach()
+        return p, known
+
+    p_plain, known_plain = p_wrong_after(qa)
+    p_contrast, known_contrast = p_wrong_after([*qa, negative])
+    assert p_contrast < 0.6 * p_plain, (p_contrast, p_plain)
+    assert known_contrast == known_plain == 1.0
