@@ -134,9 +134,9 @@ class AuxQAConfig(_Base):
     )
     distractors: bool = Field(
         False,
-        description="Train, beside each pair whose answer is a name or a number, the first token of the nearest "
-        "other name or number the pairs answer as a distractor (unlikelihood loss: pushed down, never checked), "
-        "against answering one fact of the document with another.",
+        description="Train, beside each pair whose answer is a name or a number, the nearest other name or number "
+        "the pairs answer as a distractor: its token where it parts from the answer is pushed down (unlikelihood "
+        "loss; never checked), against answering one fact of the document with another.",
     )
     recite_segments: bool = Field(
         True,

@@ -87,6 +87,20 @@ def test_the_manifest_records_every_check_and_why_training_stopped(tiny_loaded, 
     assert training.stop_reason == "max_epochs" and training.epochs == 4
 
 
+def test_distractors_add_negative_samples_the_check_does_not_count(tiny_loaded, tiny_config):
+    """aux_qa.distractors: more samples per epoch (the negatives), the same pairs checked; a new variant."""
+    qa = {"generator": "rules", "stage1_epochs": 0, "stage2_epochs": 2}
+    plain = _cfg(tiny_config, aux_qa=qa, train={"early_stop": True, "min_epochs": 1, "stop_accuracy": 1.0})
+    contrast = _cfg(tiny_config, aux_qa={**qa, "distractors": True}, train={"early_stop": True, "min_epochs": 1, "stop_accuracy": 1.0})
+    store = AdapterStore(plain.store.uri)
+    one = absorb_document(tiny_loaded, LONG_TEXT, plain, store, progress=False)
+    two = absorb_document(tiny_loaded, LONG_TEXT, contrast, store, progress=False)
+    assert one.variant != two.variant and two.status == "absorbed"
+    log1, log2 = (store.manifest(r.doc_id, r.variant).training.epoch_log for r in (one, two))
+    assert log2[0].samples > log1[0].samples
+    assert log2[0].check.pairs == log1[0].check.pairs == len(two.qa_pairs) * len(contrast.aux_qa.views)
+
+
 def test_no_qa_means_one_stage(tiny_config):
     cfg = _cfg(tiny_config, aux_qa={"generator": "none"})
     stages = training_stages(["s"], [], cfg)

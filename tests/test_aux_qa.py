@@ -943,12 +943,21 @@ def test_distractors_are_the_nearest_other_name_or_number(tiny_loaded):
         if s.negative:  # follows its pair's sample and shares its prompt
             own = samples[i - 1]
             assert s.input_ids[:-1] == own.input_ids[: len(own.input_ids) - own.num_target_tokens]
-            assert s.num_target_tokens == 1 and s.prefix_len == own.prefix_len
+            assert s.num_target_tokens == 1 and s.labels[-1] == s.input_ids[-1] and s.prefix_len == own.prefix_len
             targets[positive.index(own)] = s.input_ids[-1]
     # Abel Stott → Mary Ann (nearest name); 1821 and the goat: none; Mary Ann's question names Abel Stott → Low Mill
     assert targets == {0: first("Mary Ann"), 2: first("Low Mill"), 3: first("Mary Ann"), 5: first("Low Mill")}
     assert len(qa_samples(pairs, fmt=fmt, tokenizer=tok, doc_ids=doc_ids, context_window=48,
                           answer_prompt=inf.answer_prompt, mixin=seg.mixin)) == len(pairs)
+    # answers that share their first words: the target is the token where they part, after the shared ones
+    numbered = [pair("Which lock has a garden?", "Lock 14", 0), pair("Which lock is deepest?", "Lock 12", 1)]
+    lock14, negative = qa_samples(numbered, fmt=fmt, tokenizer=tok, doc_ids=doc_ids, context_window=48,
+                                  answer_prompt=inf.answer_prompt, mixin=seg.mixin, distractors=True)[:2]
+    ids12 = tok("Lock 12", add_special_tokens=False)["input_ids"]
+    shared = next(i for i, (a, b) in enumerate(zip(tok("Lock 14", add_special_tokens=False)["input_ids"], ids12)) if a != b)
+    assert shared > 0 and negative.negative and negative.num_target_tokens == 1
+    assert negative.input_ids[-shared - 1 :] == ids12[: shared + 1] and negative.labels[-1] == ids12[shared]
+    assert negative.input_ids[: -shared - 1] == lock14.input_ids[: len(lock14.input_ids) - lock14.num_target_tokens]
 
 
 def test_qa_samples_in_the_retrieved_view_match_the_rag_prompt_and_pack_exactly(tiny_loaded):

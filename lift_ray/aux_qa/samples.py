@@ -34,9 +34,10 @@ def qa_samples(
     header, so a step still packs several of them. ``lift_prompt`` trains them in the lift prompt
     instead (no document: the answer must come from the adapter). ``short`` asks each pair's short form
     where it has one (:attr:`QAPair.short_question`). ``distractors`` adds, after a pair whose answer is a
-    name or a number, a negative sample (:attr:`Sample.negative`) whose target is the first token of the
-    nearest other name or number the pairs answer (:func:`_distractor`): the adapter learns that this
-    question is not answered with that fact of the document, the confusion its answers showed most.
+    name or a number, a negative sample (:attr:`Sample.negative`): the nearest other name or number the
+    pairs answer (:func:`_distractor`), its one target the token where it parts from this answer ("12"
+    after "Lock" for "Lock 14"): the adapter learns that this question is not answered with that fact of
+    the document, the confusion its answers showed most.
     """
     mixin_ids = tokenizer(mixin, add_special_tokens=False)["input_ids"]
     head_tail = truncate_middle(doc_ids, context_window, mixin_ids)
@@ -54,8 +55,13 @@ def qa_samples(
         answer = tokenizer(p.answer.strip(), add_special_tokens=False)["input_ids"]
         target = [*answer, *fmt.reply_end]
         samples.append(Sample(prompt + target, [IGNORE_INDEX] * len(prompt) + target, shared, "qa"))
-        if distractors and (other := _distractor(p, pairs, tokenizer)) is not None and other[0] != answer[0]:
-            samples.append(Sample(prompt + other[:1], [IGNORE_INDEX] * len(prompt) + other[:1], shared, "qa", negative=True))
+        if distractors and (other := _distractor(p, pairs, tokenizer)) is not None:
+            # the first token where the other answer parts from this one ("Lock 12" after "Lock", for "Lock 14")
+            k = next((i for i, (a, b) in enumerate(zip(answer, other)) if a != b), min(len(answer), len(other)))
+            if k < len(other):
+                reply = other[: k + 1]
+                labels = [IGNORE_INDEX] * (len(prompt) + k) + reply[k:]
+                samples.append(Sample(prompt + reply, labels, shared, "qa", negative=True))
     return samples
 
 
