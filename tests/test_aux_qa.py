@@ -20,7 +20,6 @@ from lift_ray.aux_qa import (
     make_generator,
     parse_json_lines,
     qa_samples,
-    spread,
     split_sentences,
     verify,
     verify_pairs,
@@ -830,19 +829,6 @@ class Counting(RuleQAGenerator):
     def generate(self, text, sentences=None):
         Counting.calls += 1
         return super().generate(text, sentences)
-
-
-def test_the_cap_keeps_every_fact_once_before_any_fact_twice():
-    """spread: under the cap, each answer's first question is kept before another answer's second (a fact
-    left out cannot be recalled), round-robin over sentences within a round; under the cap nothing goes."""
-    pair = lambda q, a, i: QAPair(question=q, answer=a, evidence="x", sentence_index=i, generator="test")  # noqa: E731
-    pairs = [pair("Who built the mill?", "Abel Stott", 0), pair("Who was the mill built by?", "Abel Stott.", 0),
-             pair("When was the mill built?", "1821", 0), pair("Who ran the school?", "Jane Hirst", 1),
-             pair("Who was the school run by?", "jane hirst", 1), pair("What is the mill called?", "Low Mill", 2)]
-    kept = spread(pairs, 4)
-    assert [p.answer for p in kept] == ["Abel Stott", "1821", "Jane Hirst", "Low Mill"]
-    assert [p.question for p in spread(pairs, 5)] == [p.question for p in pairs if p.question != "Who was the school run by?"]
-    assert spread(pairs, 6) == pairs
 
 
 def test_cache_skips_the_generator_and_keys_on_settings(tmp_path):

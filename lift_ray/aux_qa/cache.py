@@ -11,26 +11,18 @@ from lift_ray.text import atomic_write
 from lift_ray.aux_qa.pairs import CACHE_VERSION, AuxQAError, QAGenerator, QAPair, QAReport
 
 def spread(pairs: list[QAPair], limit: int) -> list[QAPair]:
-    """At most ``limit`` pairs covering as many of the document's facts as fit: every answer's first
-    question before any answer's second (then third, ...), and within each round the pairs taken
-    round-robin over sentences, so they cover the whole document. A fact the cap leaves out cannot be
-    recalled; a second question about a kept one only helps it."""
-    asked: dict[str, int] = {}
-    rounds: dict[int, dict[int, list[int]]] = {}  # nth question of its answer -> sentence -> pair indices
+    """At most ``limit`` pairs, taken round-robin over sentences so they cover the whole document."""
+    by_sentence: dict[int, list[int]] = {}
     for i, p in enumerate(pairs):
-        answer = " ".join(re.sub(r"[^\w\s]", " ", p.answer.lower()).split())
-        nth = asked[answer] = asked.get(answer, -1) + 1
-        rounds.setdefault(nth, {}).setdefault(p.sentence_index, []).append(i)
+        by_sentence.setdefault(p.sentence_index, []).append(i)
+    keys = sorted(by_sentence)
     chosen: list[int] = []
-    for nth in sorted(rounds):
-        by_sentence = rounds[nth]
-        keys = sorted(by_sentence)
-        rank = 0
-        while len(chosen) < limit and any(rank < len(by_sentence[k]) for k in keys):
-            for k in keys:
-                if rank < len(by_sentence[k]) and len(chosen) < limit:
-                    chosen.append(by_sentence[k][rank])
-            rank += 1
+    rank = 0
+    while len(chosen) < limit and any(rank < len(by_sentence[k]) for k in keys):
+        for k in keys:
+            if rank < len(by_sentence[k]) and len(chosen) < limit:
+                chosen.append(by_sentence[k][rank])
+        rank += 1
     return [pairs[i] for i in sorted(chosen, key=lambda i: (pairs[i].sentence_index, i))]
 
 
