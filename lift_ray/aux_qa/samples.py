@@ -65,8 +65,8 @@ def qa_samples(
     return samples
 
 
-# Words a name may hold uncapitalised ("Mosses of the Western Seaboard", "Jenny's Lock").
-_NAME_JOINERS = {"of", "the", "and", "de", "van", "von", "du", "la", "upon", "on", "in", "'s"}
+# Words a name may hold uncapitalised ("Mosses of the Western Seaboard", "Newcastle upon Tyne").
+_NAME_JOINERS = {"of", "the", "and", "de", "van", "von", "du", "la", "upon", "on", "in"}
 
 
 def _answer_kind(answer: str) -> str | None:
