@@ -296,6 +296,12 @@ class InferenceConfig(_Base):
         description="icl: base + head…tail view; lift: adapter only; lift+icl: both; rag: base + retrieved chunks; lift+rag: adapter + retrieved chunks.",
     )
     max_new_tokens: int = Field(64, ge=1, le=8192, description="Maximum tokens generated per answer.")
+    icl_when_in_window: bool = Field(
+        True,
+        description="In lift+icl and lift+rag, a question whose best BM25 chunk the head…tail view shows (half of "
+        "it or more) is answered as icl: the base model reads the view, without the adapter, whose memory "
+        "can override text the window holds (README 'Reading the window'). The answer's answered_as says so.",
+    )
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (with do_sample).")
     top_p: float = Field(1.0, gt=0, le=1.0, description="Nucleus sampling mass (with do_sample).")

@@ -6,6 +6,9 @@
 * ``rag`` / ``lift+rag``: the base model / the adapter with the document's chunks that retrieval
   picks for the question in the same W tokens (:mod:`lift_ray.retrieval`).
 
+An adapted mode with a document view answers as ``icl`` when the head…tail view shows the chunk
+retrieval ranks first for the question (``inference.icl_when_in_window``; ``Answer.answered_as``).
+
 :class:`LiftEngine` keeps the base model loaded and the adapters of recently asked documents
 resident beside it (:mod:`lift_ray.resident`); questions about several documents can be answered
 in one batched generate, each row with its own adapter, and answers can be streamed.
@@ -28,7 +31,7 @@ from lift_ray.modes import HEAD_TAIL, ModeError, check_mode, uses_adapter, uses_
 from lift_ray.model import LoadedModel, inspect_model, load_model, pick_device
 from lift_ray.segments import ChatFormat, build_prompt_ids, chat_format, normalize_text, question_content, truncate_middle
 from lift_ray.resident import ManifestCache, ResidentAdapter, ResidentAdapters, fetch_adapter
-from lift_ray.retrieval import RetrievalIndex, index_key, retrieved_view
+from lift_ray.retrieval import RetrievalIndex, in_head_tail_view, index_key, retrieved_view
 from lift_ray.store import AdapterStore, Manifest, StoreError, doc_id_for
 
 _INDEX_CACHE = 32  # retrieval indexes kept in memory (they are small: a few KB per document)
@@ -112,6 +115,7 @@ class Prepared:
     max_new_tokens: int
     sampling: tuple[bool, float | None, float | None]  # (do_sample, temperature, top_p)
     view: str | None = None  # kind of document view in the prompt (modes.HEAD_TAIL, modes.RETRIEVED), None in lift mode
+    answered_as: str | None = None  # the mode that answers: ``mode``, or "icl" when the window shows the evidence
 
     @property
     def variant(self) -> str | None:
@@ -130,6 +134,9 @@ class Answer:
     seconds: float
     view: str | None = None  # "head_tail" or "retrieved" (rag modes fall back to head_tail when nothing matches); None in lift mode
     finish_reason: str = "stop"  # "stop" (end of answer) or "length" (max_new_tokens reached)
+    # the mode that answered: ``mode``, or "icl" when an adapted mode's question has its evidence in the
+    # head…tail view (inference.icl_when_in_window)
+    answered_as: str | None = None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -147,6 +154,7 @@ class StreamEnd:
     finish_reason: str
     seconds: float
     view: str | None = None
+    answered_as: str | None = None
 
 
 class _Cancelled:
@@ -403,6 +411,26 @@ class LiftEngine:
                               self.config.retrieval.head_tail_share)
         return view.ids, view.kind
 
+    def evidence_in_view(self, doc_id: str, text: str | None, question: str, window: int) -> bool:
+        """Whether the head…tail view of ``window`` tokens shows the question's best BM25 chunk (half of it or more)."""
+        span = self.retrieval_index(doc_id, text).best_span(question)
+        if span is None:
+            return False
+        mixin_len = len(self.loaded.tokenizer(self.config.segments.mixin, add_special_tokens=False)["input_ids"])
+        return in_head_tail_view(span, len(self._document_tokens(doc_id, text)), window, mixin_len)
+
+    def answering_mode(self, question: str, mode: str, doc_id: str, text: str | None, window: int) -> str:
+        """The mode that answers ``mode``'s question: icl instead of an adapted mode with a document view
+        when the window shows the evidence (``inference.icl_when_in_window``), else ``mode`` itself.
+
+        The adapter's memory tends to override what the window shows (README 'Reading the window'); the
+        retrieval index, built at absorb time, says where in the document the question points.
+        """
+        if (self.config.inference.icl_when_in_window and uses_adapter(mode) and uses_document(mode)
+                and question.strip() and self.evidence_in_view(doc_id, text, question, window)):
+            return "icl"
+        return mode
+
     def _prompt(self, question: str, mode: str, doc_id: str, text: str | None, window: int) -> tuple[list[int], str | None]:
         """The generation prompt for one question and the kind of document view in it: the one place the engine builds it."""
         inf = self.config.inference
@@ -437,7 +465,8 @@ class LiftEngine:
         if manifest is not None and uses_adapter(mode):
             self.check_manifest(manifest)
         window = q.context_window or (manifest.context_window if manifest else self.config.segments.context_window)
-        prompt, view = self._prompt(q.question, mode, doc_id, text, window)
+        answered_as = self.answering_mode(q.question, mode, doc_id, text, window)
+        prompt, view = self._prompt(q.question, answered_as, doc_id, text, window)
         if len(prompt) > self.loaded.max_positions - 1:
             raise QuestionError(
                 f"prompt of {len(prompt)} tokens does not fit the model's {self.loaded.max_positions} positions"
@@ -454,11 +483,12 @@ class LiftEngine:
             question=q.question,
             mode=mode,
             doc_id=doc_id,
-            adapter=manifest if uses_adapter(mode) else None,
+            adapter=manifest if uses_adapter(answered_as) else None,
             prompt=prompt,
             max_new_tokens=max(1, min(q.max_new_tokens or inf.max_new_tokens, budget)),
             sampling=sampling,
             view=view,
+            answered_as=answered_as,
         )
 
     # --- generating ----------------------------------------------------------------------------
@@ -534,7 +564,7 @@ class LiftEngine:
                     ids, reason = self._finish(seq, p.max_new_tokens)
                     text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True).strip()
                     results[i] = Answer(text, p.mode, p.doc_id, p.variant, p.question, len(p.prompt), len(ids),
-                                        round(time.perf_counter() - start, 3), p.view, reason)
+                                        round(time.perf_counter() - start, 3), p.view, reason, p.answered_as)
             finally:
                 self._release(entries)
         return results  # type: ignore[return-value]
@@ -626,7 +656,7 @@ class LiftEngine:
             if text.startswith(sent) and len(text) > len(sent):
                 yield text[len(sent):]
             yield StreamEnd(p.mode, p.doc_id, p.variant, len(p.prompt), len(ids), reason,
-                            round(time.perf_counter() - start, 3), p.view)
+                            round(time.perf_counter() - start, 3), p.view, p.answered_as)
         finally:
             cancel.set()
             thread.join()
@@ -656,7 +686,7 @@ class LiftEngine:
             else:
                 end = item
         return Answer("".join(pieces).strip(), end.mode, end.doc_id, end.variant, question, end.prompt_tokens,
-                      end.new_tokens, end.seconds, end.view, end.finish_reason)
+                      end.new_tokens, end.seconds, end.view, end.finish_reason, end.answered_as)
 
 
 def engine_for_manifest(manifest: Manifest, config: LiftConfig, store: AdapterStore) -> LiftEngine:

@@ -523,7 +523,7 @@ def answer_cell(engine, cell: CellDocument, absorbed: dict, settings: NiahSettin
         if judge is not None:
             reference = "; ".join(n.answer for n in settings.needles)
             scores["judge"] = judge.score(settings.question, [reference], ans.answer)
-        answers[mode] = {"answer": ans.answer, "seconds": ans.seconds, **scores}
+        answers[mode] = {"answer": ans.answer, "answered_as": ans.answered_as, "seconds": ans.seconds, **scores}
     return {
         "cell": cell.cell_id,
         "length": cell.length,

@@ -116,6 +116,12 @@ class RetrievalIndex:
             return [0.0] * len(self.spans)
         return [float(x) for x in self.bm25.get_scores(words)]
 
+    def best_span(self, question: str) -> tuple[int, int] | None:
+        """Token span of the chunk that scores best for ``question`` (the first of a tie); None when none scores."""
+        scores = self.scores(question)
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i), default=None)
+        return self.spans[best] if best is not None and scores[best] > 0 else None
+
     # --- files (kept in the store beside the document) -----------------------------------------
     def to_files(self) -> dict[str, bytes]:
         with tempfile.TemporaryDirectory(prefix="lift-ray-bm25-") as tmp:
@@ -160,6 +166,19 @@ def _assemble(doc_tokens: list[int], spans: list[tuple[int, int]], mixin_ids: li
     if at < len(doc_tokens):
         out += mixin_ids
     return out
+
+
+def in_head_tail_view(span: tuple[int, int], n_tokens: int, window: int, mixin_len: int) -> bool:
+    """Whether at least half of the token ``span`` is shown by the ``window``-token head…tail view of a
+    document of ``n_tokens`` (all of it when the document fits)."""
+    from lift_ray.segments import head_tail_sizes
+
+    if n_tokens <= window:
+        return True
+    head, tail = head_tail_sizes(window, mixin_len)
+    start, end = span
+    shown = max(0, min(end, head) - start) + max(0, end - max(start, n_tokens - tail))
+    return 2 * shown >= end - start
 
 
 def retrieved_view(

@@ -89,12 +89,16 @@ def truncate_middle(ids: list[int], budget: int, mixin: list[int]) -> list[int]:
     """Head + mixin + tail of ``ids`` in at most ``budget`` tokens (all of ``ids`` if it fits)."""
     if len(ids) <= budget:
         return list(ids)
-    keep = budget - len(mixin)
-    if keep < 2:
-        raise ValueError(f"a budget of {budget} tokens cannot hold the mixin of {len(mixin)} tokens")
-    head = keep // 2
-    tail = keep - head
+    head, tail = head_tail_sizes(budget, len(mixin))
     return list(ids[:head]) + list(mixin) + list(ids[len(ids) - tail :])
+
+
+def head_tail_sizes(budget: int, mixin_len: int) -> tuple[int, int]:
+    """Tokens of the document's head and tail that :func:`truncate_middle` keeps around a mixin of ``mixin_len``."""
+    keep = budget - mixin_len
+    if keep < 2:
+        raise ValueError(f"a budget of {budget} tokens cannot hold the mixin of {mixin_len} tokens")
+    return keep // 2, keep - keep // 2
 
 
 # --- samples ----------------------------------------------------------------------------------

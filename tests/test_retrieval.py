@@ -6,7 +6,7 @@ import pytest
 
 from lift_ray.config import ConfigError, build_config
 from lift_ray.infer import LiftEngine, Question
-from lift_ray.retrieval import RetrievalIndex, chunk_spans, index_key, retrieved_view, sentence_ends
+from lift_ray.retrieval import RetrievalIndex, chunk_spans, in_head_tail_view, index_key, retrieved_view, sentence_ends
 from lift_ray.store import AdapterStore, RETRIEVAL_MARKER
 from lift_ray.text import normalize_text
 
@@ -113,6 +113,26 @@ def test_index_round_trips_through_files(tiny_loaded):
     assert again.scores("vault Zanthoric harbour") == index.scores("vault Zanthoric harbour")
 
 
+def test_best_span_is_the_top_chunk_or_none(tiny_loaded):
+    tok = tiny_loaded.tokenizer
+    text = _document()
+    index = _index(tok, text)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    start, end = index.best_span("What is the code of the vault? Zanthoric?")
+    assert "Zanthoric" in tok.decode(ids[start:end])
+    assert index.best_span("Quixotic xylophones?") is None
+
+
+def test_a_span_is_in_the_head_tail_view_when_half_of_it_is_shown():
+    # 100 tokens, W = 20 with a 2-token mixin: the view shows tokens [0, 9) and [91, 100)
+    assert in_head_tail_view((0, 8), 100, 20, 2)
+    assert in_head_tail_view((4, 14), 100, 20, 2)  # 5 of 10 shown
+    assert not in_head_tail_view((5, 15), 100, 20, 2)  # 4 of 10
+    assert in_head_tail_view((88, 100), 100, 20, 2)  # 9 of 12
+    assert not in_head_tail_view((40, 60), 100, 20, 2)
+    assert in_head_tail_view((40, 60), 20, 20, 2)  # the whole document fits the window
+
+
 def test_config_refuses_an_overlap_as_large_as_the_chunk():
     with pytest.raises(ConfigError, match="retrieval.overlap_tokens"):
         build_config(None, {"retrieval": {"chunk_tokens": 16, "overlap_tokens": 16}})
@@ -168,3 +188,29 @@ def test_absorb_stores_the_index_and_an_old_document_gets_one_on_first_use(engin
     finally:
         RetrievalIndex.build = original
     assert built == []
+
+
+def test_an_adapted_mode_answers_as_icl_when_the_window_shows_the_evidence(engine):
+    """The adapter's memory can override what the window shows; the base model reads it instead."""
+    rng = random.Random(3)
+    sentences = [rng.choice(FILLER) for _ in range(40)]
+    sentences.insert(0, "The vault code of the lighthouse is Zanthoric.")
+    sentences.insert(20, "The ferry captain is called Mirabelle Quorst.")
+    result = engine.absorb(normalize_text(" ".join(sentences)), progress=False)
+    doc = result.doc_id
+    at_head, in_middle = "What is the vault code of the lighthouse?", "Who is the ferry captain?"
+    icl = engine.prepare(Question(at_head, doc, "icl"))
+    for mode in ("lift+icl", "lift+rag"):
+        p = engine.prepare(Question(at_head, doc, mode))
+        assert p.answered_as == "icl" and p.adapter is None and p.view == "head_tail" and p.prompt == icl.prompt
+        ans = engine.answer(at_head, doc, mode)
+        assert (ans.mode, ans.answered_as, ans.variant) == (mode, "icl", None)
+        assert ans.answer == engine.answer(at_head, doc, "icl").answer
+        for question in (in_middle, "Quixotic xylophones?"):  # evidence beyond the window; no evidence found
+            p = engine.prepare(Question(question, doc, mode))
+            assert p.answered_as == mode and p.adapter is not None and p.adapter.variant == result.variant
+    assert engine.answer(at_head, doc, "lift").answered_as == "lift"  # no window, nothing to read
+    off = engine.config.model_copy(update={"inference": engine.config.inference.model_copy(update={"icl_when_in_window": False})})
+    plain = LiftEngine(engine.loaded, off, engine.store)
+    p = plain.prepare(Question(at_head, doc, "lift+icl"))
+    assert p.answered_as == "lift+icl" and p.adapter is not None and p.prompt == icl.prompt

@@ -64,10 +64,11 @@ def _tiny_engine(model_dir: Path, store: Path, qa: str = "rules"):
         "model": {"name_or_path": str(model_dir), "device": "cpu"},
         "segments": {"context_window": 48, "segment_length": 32},
         # A fixed schedule (the profile's stop rule and views would change the tiny adapter's answers,
-        # and the streaming test needs answers longer than one token).
+        # and the streaming test needs answers longer than one token). The document is shorter than
+        # the window, so lift+icl would answer as icl (with no words from the tiny base model): keep the adapter.
         "train": {"learning_rate": 1e-2, "epochs": 1, "early_stop": False, "step_tokens": 0},
         "aux_qa": {"generator": qa, "stage1_epochs": 1, "stage2_epochs": 1, "views": ["head_tail"]},
-        "inference": {"max_new_tokens": 8, "question_reserve": 64},
+        "inference": {"max_new_tokens": 8, "question_reserve": 64, "icl_when_in_window": False},
         "store": {"uri": str(store)},
     })
     return LiftEngine.from_config(cfg)
@@ -154,6 +155,25 @@ def test_ask_streams_each_mode_as_the_engine_answers(absorbed, app, engine):
         assert f"{expected.prompt_tokens} prompt tokens" in stats[k]
         assert f"{expected.new_tokens} tokens" in stats[k] and "tok/s" in stats[k]
     assert "lift-seen" in view and "lift-unseen" in view
+
+
+def test_an_answer_given_as_icl_says_so(absorbed, engine):
+    """lift+icl answers as icl when the window shows the evidence; its panel's line names that."""
+    from lift_ray.infer import LiftEngine, Question
+
+    from ui.backends import LocalBackend
+    from ui.view import usage_markdown
+
+    cfg = engine.config.model_copy(update={"inference": engine.config.inference.model_copy(update={"icl_when_in_window": True})})
+    reading = LiftEngine(engine.loaded, cfg, engine.store)
+    question, doc_id = "Who designed the lighthouse?", absorbed[2]
+    assert reading.prepare(Question(question, doc_id, "lift+icl")).answered_as == "icl"  # the head shows it
+    stats = {}
+    for mode in ("icl", "lift+icl"):
+        pieces, usage = drain(LocalBackend(reading).stream(question, doc_id, mode))
+        stats[mode] = usage_markdown(usage)
+    assert "answered as ICL: the window shows the evidence" in stats["lift+icl"]
+    assert "answered as" not in stats["icl"]
 
 
 def test_document_view_highlights_the_engines_window(absorbed, app, engine):

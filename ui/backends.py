@@ -67,6 +67,7 @@ class Usage:
     completion_tokens: int | None
     seconds: float  # request to last piece
     first_piece_seconds: float | None  # request to first piece (time to first token)
+    answered_as: str | None = None  # set when another mode answered (lift+icl as icl: the window shows the evidence)
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -209,7 +210,8 @@ class LocalBackend:
             except Exception:  # noqa: BLE001 (the reader has gone; nothing to report to)
                 pass
             self._lock.release()
-        return Usage(answer.prompt_tokens, answer.new_tokens, time.perf_counter() - start, first)
+        return Usage(answer.prompt_tokens, answer.new_tokens, time.perf_counter() - start, first,
+                     answer.answered_as if answer.answered_as != mode else None)
 
     def document_view(self, doc_id: str) -> DocumentView | None:
         from lift_ray.evaluate.data import view_char_ranges
@@ -374,6 +376,7 @@ class HttpBackend:
         start = time.perf_counter()
         first = None
         usage: dict = {}
+        lift: dict = {}
         try:
             with self._client.stream("POST", "/v1/chat/completions", json=body) as response:
                 if response.status_code >= 400:
@@ -389,6 +392,7 @@ class HttpBackend:
                     if chunk.get("error"):
                         raise BackendError(f"the Serve API stopped the answer: {chunk['error'].get('message', chunk['error'])}")
                     usage = chunk.get("usage") or usage
+                    lift = chunk.get("lift") or lift
                     for choice in chunk.get("choices", []):
                         piece = (choice.get("delta") or {}).get("content") or ""
                         if piece:
@@ -397,7 +401,9 @@ class HttpBackend:
                             yield piece
         except httpx.HTTPError as exc:
             raise BackendError(f"the Serve API at {self.base} does not answer ({type(exc).__name__}: {exc})") from None
-        return Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"), time.perf_counter() - start, first)
+        answered_as = lift.get("answered_as")
+        return Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"), time.perf_counter() - start, first,
+                     answered_as if answered_as != mode else None)
 
     def document_view(self, doc_id: str) -> DocumentView | None:
         """The view of a document absorbed from this page (the API serves no document text)."""

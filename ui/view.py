@@ -76,6 +76,8 @@ def usage_markdown(usage: Usage | None, *, running: bool = False) -> str:
     if usage.completion_tokens is not None:
         rate = usage.tokens_per_second
         parts.append(f"{usage.completion_tokens} tokens" + (f", {rate:.1f} tok/s" if rate else ""))
+    if usage.answered_as:
+        parts.append(f"answered as {MODE_TITLES.get(usage.answered_as, usage.answered_as)}: the window shows the evidence")
     return " · ".join(parts)
 
 

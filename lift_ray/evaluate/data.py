@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lift_ray.segments import normalize_text, truncate_middle
+from lift_ray.segments import head_tail_sizes, normalize_text, truncate_middle
 
 
 class EvalError(ValueError):
@@ -331,8 +331,7 @@ def view_char_ranges(text: str, tokenizer, window: int, mixin: str) -> tuple[int
     view = truncate_middle(ids, window, mixin_ids)
     if len(view) == len(ids):
         return len(text), len(text)
-    keep = window - len(mixin_ids)
-    head, tail = keep // 2, keep - keep // 2
+    head, tail = head_tail_sizes(window, len(mixin_ids))
     return offsets[head - 1][1], offsets[len(ids) - tail][0]
 
 

@@ -259,6 +259,7 @@ def run_eval(
                         "title": doc.title,
                         "q_index": i,
                         "mode": mode,
+                        "answered_as": ans.answered_as,
                         "where": where[i],
                         "question": q.question,
                         "answers": q.answers,

@@ -137,7 +137,8 @@ def completion_id() -> str:
 
 
 def lift_info(result: dict[str, Any]) -> dict[str, Any]:
-    return {"doc_id": result["doc_id"], "variant": result["variant"], "mode": result["mode"], "view": result.get("view")}
+    return {"doc_id": result["doc_id"], "variant": result["variant"], "mode": result["mode"], "view": result.get("view"),
+            "answered_as": result.get("answered_as")}
 
 
 def usage(prompt_tokens: int, new_tokens: int) -> dict[str, int]:
