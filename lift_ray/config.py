@@ -298,9 +298,14 @@ class InferenceConfig(_Base):
     max_new_tokens: int = Field(64, ge=1, le=8192, description="Maximum tokens generated per answer.")
     icl_when_in_window: bool = Field(
         True,
-        description="In lift+icl and lift+rag, a question whose best BM25 chunk the head…tail view shows (half of "
-        "it or more) is answered as icl: the base model reads the view, without the adapter, whose memory "
-        "can override text the window holds (README 'Reading the window'). The answer's answered_as says so.",
+        description="In lift+icl and lift+rag, a question whose evidence the head…tail view shows (by BM25: see "
+        "in_window_score_ratio) is answered as icl: the base model reads the view, without the adapter, whose "
+        "memory can override text the window holds (README 'Reading the window'). The answer's answered_as says so.",
+    )
+    in_window_score_ratio: float = Field(
+        2.0, gt=0,
+        description="With icl_when_in_window: the best BM25 chunk the view shows (half of it or more) must score at "
+        "least this many times every chunk it leaves out (a question in other words matches only common words).",
     )
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (with do_sample).")

@@ -6,8 +6,9 @@
 * ``rag`` / ``lift+rag``: the base model / the adapter with the document's chunks that retrieval
   picks for the question in the same W tokens (:mod:`lift_ray.retrieval`).
 
-An adapted mode with a document view answers as ``icl`` when the head…tail view shows the chunk
-retrieval ranks first for the question (``inference.icl_when_in_window``; ``Answer.answered_as``).
+An adapted mode with a document view answers as ``icl`` when the head…tail view shows the chunks
+retrieval ranks well above the rest for the question (``inference.icl_when_in_window``;
+``Answer.answered_as``).
 
 :class:`LiftEngine` keeps the base model loaded and the adapters of recently asked documents
 resident beside it (:mod:`lift_ray.resident`); questions about several documents can be answered
@@ -31,7 +32,7 @@ from lift_ray.modes import HEAD_TAIL, ModeError, check_mode, uses_adapter, uses_
 from lift_ray.model import LoadedModel, inspect_model, load_model, pick_device
 from lift_ray.segments import ChatFormat, build_prompt_ids, chat_format, normalize_text, question_content, truncate_middle
 from lift_ray.resident import ManifestCache, ResidentAdapter, ResidentAdapters, fetch_adapter
-from lift_ray.retrieval import RetrievalIndex, in_head_tail_view, index_key, retrieved_view
+from lift_ray.retrieval import RetrievalIndex, evidence_in_view, index_key, retrieved_view
 from lift_ray.store import AdapterStore, Manifest, StoreError, doc_id_for
 
 _INDEX_CACHE = 32  # retrieval indexes kept in memory (they are small: a few KB per document)
@@ -412,12 +413,11 @@ class LiftEngine:
         return view.ids, view.kind
 
     def evidence_in_view(self, doc_id: str, text: str | None, question: str, window: int) -> bool:
-        """Whether the head…tail view of ``window`` tokens shows the question's best BM25 chunk (half of it or more)."""
-        span = self.retrieval_index(doc_id, text).best_span(question)
-        if span is None:
-            return False
+        """Whether the head…tail view of ``window`` tokens shows what the question points at
+        (:func:`lift_ray.retrieval.evidence_in_view`, with ``inference.in_window_score_ratio``)."""
         mixin_len = len(self.loaded.tokenizer(self.config.segments.mixin, add_special_tokens=False)["input_ids"])
-        return in_head_tail_view(span, len(self._document_tokens(doc_id, text)), window, mixin_len)
+        return evidence_in_view(self.retrieval_index(doc_id, text), question, len(self._document_tokens(doc_id, text)),
+                                window, mixin_len, self.config.inference.in_window_score_ratio)
 
     def answering_mode(self, question: str, mode: str, doc_id: str, text: str | None, window: int) -> str:
         """The mode that answers ``mode``'s question: icl instead of an adapted mode with a document view

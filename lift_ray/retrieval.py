@@ -116,12 +116,6 @@ class RetrievalIndex:
             return [0.0] * len(self.spans)
         return [float(x) for x in self.bm25.get_scores(words)]
 
-    def best_span(self, question: str) -> tuple[int, int] | None:
-        """Token span of the chunk that scores best for ``question`` (the first of a tie); None when none scores."""
-        scores = self.scores(question)
-        best = max(range(len(scores)), key=lambda i: (scores[i], -i), default=None)
-        return self.spans[best] if best is not None and scores[best] > 0 else None
-
     # --- files (kept in the store beside the document) -----------------------------------------
     def to_files(self) -> dict[str, bytes]:
         with tempfile.TemporaryDirectory(prefix="lift-ray-bm25-") as tmp:
@@ -179,6 +173,23 @@ def in_head_tail_view(span: tuple[int, int], n_tokens: int, window: int, mixin_l
     start, end = span
     shown = max(0, min(end, head) - start) + max(0, end - max(start, n_tokens - tail))
     return 2 * shown >= end - start
+
+
+def evidence_in_view(index: RetrievalIndex, question: str, n_tokens: int, window: int, mixin_len: int, ratio: float) -> bool:
+    """Whether the head…tail view shows what the question points at: the best chunk the view shows
+    (half of it or more) scores at least ``ratio`` times every chunk it leaves out. Always when the
+    document fits the window; never when no chunk shares a word with the question.
+
+    A margin, not the plain best chunk: a question asked in other words than the document's matches
+    only common words, and its best chunk is the head as often as anywhere.
+    """
+    if n_tokens <= window:
+        return True
+    scores = index.scores(question)
+    shown = [in_head_tail_view(span, n_tokens, window, mixin_len) for span in index.spans]
+    best_shown = max((s for s, v in zip(scores, shown) if v), default=0.0)
+    best_left_out = max((s for s, v in zip(scores, shown) if not v), default=0.0)
+    return best_shown > 0 and best_shown >= ratio * best_left_out
 
 
 def retrieved_view(

@@ -6,7 +6,7 @@ import pytest
 
 from lift_ray.config import ConfigError, build_config
 from lift_ray.infer import LiftEngine, Question
-from lift_ray.retrieval import RetrievalIndex, chunk_spans, in_head_tail_view, index_key, retrieved_view, sentence_ends
+from lift_ray.retrieval import RetrievalIndex, chunk_spans, evidence_in_view, in_head_tail_view, index_key, retrieved_view, sentence_ends
 from lift_ray.store import AdapterStore, RETRIEVAL_MARKER
 from lift_ray.text import normalize_text
 
@@ -113,14 +113,17 @@ def test_index_round_trips_through_files(tiny_loaded):
     assert again.scores("vault Zanthoric harbour") == index.scores("vault Zanthoric harbour")
 
 
-def test_best_span_is_the_top_chunk_or_none(tiny_loaded):
+def test_the_view_shows_the_evidence_only_by_a_clear_margin(tiny_loaded):
     tok = tiny_loaded.tokenizer
-    text = _document()
-    index = _index(tok, text)
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    start, end = index.best_span("What is the code of the vault? Zanthoric?")
-    assert "Zanthoric" in tok.decode(ids[start:end])
-    assert index.best_span("Quixotic xylophones?") is None
+    mixin = len(_mixin(tok))
+    for at, shown in ((0, True), (20, False)):  # the rare word's sentence first (in the head) or in the middle
+        text = _document(40, at=at)
+        index, n = _index(tok, text), len(tok(text, add_special_tokens=False)["input_ids"])
+        assert evidence_in_view(index, "What is the vault code? Zanthoric?", n, 48, mixin, 2.0) is shown
+        # words every part of the document shares point nowhere in particular
+        assert not evidence_in_view(index, "Did the boats rock in the harbour?", n, 48, mixin, 2.0)
+        assert not evidence_in_view(index, "Quixotic xylophones?", n, 48, mixin, 0.1)
+        assert evidence_in_view(index, "Quixotic xylophones?", n, n, mixin, 2.0)  # the whole document fits
 
 
 def test_a_span_is_in_the_head_tail_view_when_half_of_it_is_shown():
