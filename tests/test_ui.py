@@ -64,8 +64,8 @@ def _tiny_engine(model_dir: Path, store: Path, qa: str = "rules"):
         "model": {"name_or_path": str(model_dir), "device": "cpu"},
         "segments": {"context_window": 48, "segment_length": 32},
         # A fixed schedule (the profile's stop rule and views would change the tiny adapter's answers,
-        # and the streaming test needs answers longer than one token). The document is shorter than
-        # the window, so lift+icl would answer as icl (with no words from the tiny base model): keep the adapter.
+        # and the streaming test needs answers longer than one token). The questions' evidence is in the
+        # head…tail view, so lift+icl would answer as icl (no words from the tiny base model): keep the adapter.
         "train": {"learning_rate": 1e-2, "epochs": 1, "early_stop": False, "step_tokens": 0},
         "aux_qa": {"generator": qa, "stage1_epochs": 1, "stage2_epochs": 1, "views": ["head_tail"]},
         "inference": {"max_new_tokens": 8, "question_reserve": 64, "icl_when_in_window": False},
