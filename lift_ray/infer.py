@@ -229,6 +229,7 @@ class LiftEngine:
         tok = loaded.tokenizer
         self._eos = {t for t in (tok.eos_token_id, self.fmt.reply_end[-1] if self.fmt.reply_end else None) if t is not None}
         self._pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self._mixin_ids = tok(config.segments.mixin, add_special_tokens=False)["input_ids"]  # marks left-out text in views
 
     @classmethod
     def from_config(cls, config: LiftConfig, store: AdapterStore | None = None, **kwargs) -> "LiftEngine":
@@ -405,19 +406,17 @@ class LiftEngine:
         if kind is None:
             return None, None
         doc_tokens = self._document_tokens(doc_id, text)
-        mixin_ids = self.loaded.tokenizer(self.config.segments.mixin, add_special_tokens=False)["input_ids"]
         if kind == HEAD_TAIL:
-            return truncate_middle(doc_tokens, window, mixin_ids), HEAD_TAIL
-        view = retrieved_view(self.retrieval_index(doc_id, text), doc_tokens, question, window, mixin_ids,
+            return truncate_middle(doc_tokens, window, self._mixin_ids), HEAD_TAIL
+        view = retrieved_view(self.retrieval_index(doc_id, text), doc_tokens, question, window, self._mixin_ids,
                               self.config.retrieval.head_tail_share)
         return view.ids, view.kind
 
     def evidence_in_view(self, doc_id: str, text: str | None, question: str, window: int) -> bool:
         """Whether the head…tail view of ``window`` tokens shows what the question points at
         (:func:`lift_ray.retrieval.evidence_in_view`, with ``inference.in_window_score_ratio``)."""
-        mixin_len = len(self.loaded.tokenizer(self.config.segments.mixin, add_special_tokens=False)["input_ids"])
         return evidence_in_view(self.retrieval_index(doc_id, text), question, len(self._document_tokens(doc_id, text)),
-                                window, mixin_len, self.config.inference.in_window_score_ratio)
+                                window, len(self._mixin_ids), self.config.inference.in_window_score_ratio)
 
     def answering_mode(self, question: str, mode: str, doc_id: str, text: str | None, window: int) -> str:
         """The mode that answers ``mode``'s question: icl instead of an adapted mode with a document view
