@@ -307,6 +307,13 @@ class InferenceConfig(_Base):
         description="With icl_when_in_window: the best BM25 chunk the view shows (half of it or more) must score at "
         "least this many times every chunk it leaves out (a question in other words matches only common words).",
     )
+    rag_when_unsupported: bool = Field(
+        True,
+        description="In lift+rag, the adapter's answer is kept only when its words stand in the retrieved chunks; "
+        "otherwise the question is answered as rag: the base model reads the same chunks, without the adapter, "
+        "whose memory names another fact of the document as often as the right one (README 'Checking the adapter's "
+        "answer'). The answer's answered_as says so.",
+    )
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (with do_sample).")
     top_p: float = Field(1.0, gt=0, le=1.0, description="Nucleus sampling mass (with do_sample).")

@@ -28,11 +28,11 @@ import torch
 
 from lift_ray.adapters.base import AdapterError
 from lift_ray.config import LiftConfig, ModelSpec, resolve_config
-from lift_ray.modes import HEAD_TAIL, ModeError, check_mode, uses_adapter, uses_document, view_of
+from lift_ray.modes import HEAD_TAIL, RETRIEVED, ModeError, check_mode, uses_adapter, uses_document, view_of
 from lift_ray.model import LoadedModel, inspect_model, load_model, pick_device
 from lift_ray.segments import ChatFormat, build_prompt_ids, chat_format, normalize_text, question_content, truncate_middle
 from lift_ray.resident import ManifestCache, ResidentAdapter, ResidentAdapters, fetch_adapter
-from lift_ray.retrieval import RetrievalIndex, evidence_in_view, index_key, retrieved_view
+from lift_ray.retrieval import RetrievalIndex, answer_in_view, evidence_in_view, index_key, retrieved_view
 from lift_ray.store import AdapterStore, Manifest, StoreError, doc_id_for
 
 _INDEX_CACHE = 32  # retrieval indexes kept in memory (they are small: a few KB per document)
@@ -117,6 +117,9 @@ class Prepared:
     sampling: tuple[bool, float | None, float | None]  # (do_sample, temperature, top_p)
     view: str | None = None  # kind of document view in the prompt (modes.HEAD_TAIL, modes.RETRIEVED), None in lift mode
     answered_as: str | None = None  # the mode that answers: ``mode``, or "icl" when the window shows the evidence
+    view_ids: list[int] | None = dataclasses.field(default=None, repr=False)  # the document view's tokens in the prompt
+    # asked again without the adapter when the adapter's answer is not in the retrieved chunks (rag_when_unsupported)
+    fallback: "Prepared | None" = dataclasses.field(default=None, repr=False)
 
     @property
     def variant(self) -> str | None:
@@ -135,8 +138,9 @@ class Answer:
     seconds: float
     view: str | None = None  # "head_tail" or "retrieved" (rag modes fall back to head_tail when nothing matches); None in lift mode
     finish_reason: str = "stop"  # "stop" (end of answer) or "length" (max_new_tokens reached)
-    # the mode that answered: ``mode``, or "icl" when an adapted mode's question has its evidence in the
-    # head…tail view (inference.icl_when_in_window)
+    # the mode that answered: ``mode``; "icl" when an adapted mode's question has its evidence in the
+    # head…tail view (inference.icl_when_in_window); "rag" when lift+rag's adapter answered something the
+    # retrieved chunks do not hold (inference.rag_when_unsupported)
     answered_as: str | None = None
 
     def to_json(self) -> dict:
@@ -430,8 +434,8 @@ class LiftEngine:
             return "icl"
         return mode
 
-    def _prompt(self, question: str, mode: str, doc_id: str, text: str | None, window: int) -> tuple[list[int], str | None]:
-        """The generation prompt for one question and the kind of document view in it: the one place the engine builds it."""
+    def _prompt(self, question: str, mode: str, doc_id: str, text: str | None, window: int) -> tuple[list[int], list[int] | None, str | None]:
+        """The generation prompt for one question, the document view in it and that view's kind: the one place the engine builds it."""
         inf = self.config.inference
         view, kind = self.document_view(doc_id, text, question, mode, window) if question.strip() else (None, None)
         prompt = build_question_prompt(
@@ -443,7 +447,7 @@ class LiftEngine:
             answer_prompt=inf.answer_prompt,
             lift_prompt=inf.lift_prompt,
         )
-        return prompt, kind
+        return prompt, view, kind
 
     def prepare(self, q: Question) -> Prepared:
         """Check a question and build its prompt; nothing is generated and no adapter is loaded.
@@ -465,30 +469,48 @@ class LiftEngine:
             self.check_manifest(manifest)
         window = q.context_window or (manifest.context_window if manifest else self.config.segments.context_window)
         answered_as = self.answering_mode(q.question, mode, doc_id, text, window)
-        prompt, view = self._prompt(q.question, answered_as, doc_id, text, window)
+        inf = self.config.inference
+        sampling = self._sampling(q)
+        prepared = self._prepared(q, mode, answered_as, doc_id, text, window, manifest, sampling)
+        if inf.rag_when_unsupported and answered_as == "lift+rag" and prepared.view == RETRIEVED:
+            prepared.fallback = self._prepared(q, mode, "rag", doc_id, text, window, None, sampling)
+        return prepared
+
+    def _sampling(self, q: Question) -> tuple[bool, float | None, float | None]:
+        inf = self.config.inference
+        if q.temperature is None:
+            return (inf.do_sample, inf.temperature, inf.top_p) if inf.do_sample else (False, None, None)
+        if q.temperature == 0:
+            return (False, None, None)
+        return (True, float(q.temperature), float(q.top_p if q.top_p is not None else 1.0))
+
+    def _prepared(self, q: Question, mode: str, answered_as: str, doc_id: str, text: str | None, window: int,
+                  manifest: Manifest | None, sampling: tuple) -> Prepared:
+        prompt, view_ids, view = self._prompt(q.question, answered_as, doc_id, text, window)
         if len(prompt) > self.loaded.max_positions - 1:
             raise QuestionError(
                 f"prompt of {len(prompt)} tokens does not fit the model's {self.loaded.max_positions} positions"
             )
-        inf = self.config.inference
         budget = self.loaded.max_positions - len(prompt)
-        if q.temperature is None:
-            sampling = (inf.do_sample, inf.temperature, inf.top_p) if inf.do_sample else (False, None, None)
-        elif q.temperature == 0:
-            sampling = (False, None, None)
-        else:
-            sampling = (True, float(q.temperature), float(q.top_p if q.top_p is not None else 1.0))
         return Prepared(
             question=q.question,
             mode=mode,
             doc_id=doc_id,
             adapter=manifest if uses_adapter(answered_as) else None,
             prompt=prompt,
-            max_new_tokens=max(1, min(q.max_new_tokens or inf.max_new_tokens, budget)),
+            max_new_tokens=max(1, min(q.max_new_tokens or self.config.inference.max_new_tokens, budget)),
             sampling=sampling,
             view=view,
             answered_as=answered_as,
+            view_ids=view_ids,
         )
+
+    def supported(self, p: Prepared, answer: str) -> bool:
+        """Whether ``answer`` may stand: always, unless ``p`` is checked against its retrieved chunks
+        (``inference.rag_when_unsupported``) and the answer's words are not in them."""
+        if p.fallback is None:
+            return True
+        return answer_in_view(answer, self.loaded.tokenizer.decode(p.view_ids or [], skip_special_tokens=True))
 
     # --- generating ----------------------------------------------------------------------------
     def _generate_kwargs(self, rows: list[Prepared]) -> dict:
@@ -541,6 +563,15 @@ class LiftEngine:
                 prepared[i] = q if isinstance(q, Prepared) else self.prepare(q)
             except Exception as exc:
                 results[i] = exc
+        self._answer_rows(prepared, results, start)
+        # lift+rag answers the retrieved chunks do not hold: asked again of the base model, in one more pass
+        retry = {i: p.fallback for i, p in prepared.items()
+                 if p.fallback is not None and isinstance(results[i], Answer) and not self.supported(p, results[i].answer)}
+        self._answer_rows(retry, results, start)
+        return results  # type: ignore[return-value]
+
+    def _answer_rows(self, prepared: dict[int, Prepared], results: list, start: float) -> None:
+        """Generate ``prepared``'s rows, batched by decoding settings, into ``results`` at their indices."""
         groups: dict[tuple, list[int]] = collections.defaultdict(list)
         for i, p in prepared.items():
             groups[p.sampling].append(i)
@@ -566,7 +597,6 @@ class LiftEngine:
                                         round(time.perf_counter() - start, 3), p.view, reason, p.answered_as)
             finally:
                 self._release(entries)
-        return results  # type: ignore[return-value]
 
     def answer(
         self,
@@ -602,7 +632,25 @@ class LiftEngine:
         generation at the next token.
         """
         prepared = self.prepare(q)
-        return self._stream(prepared)
+        return self._stream(prepared) if prepared.fallback is None else self._stream_checked(prepared)
+
+    def _stream_checked(self, p: Prepared) -> Iterator[str | StreamEnd]:
+        """A checked lift+rag answer: the adapter's answer is held back until it can be checked against the
+        retrieved chunks (it is short), then sent whole, or the base model's answer is streamed instead."""
+        pieces: list[str] = []
+        for item in self._stream(p):
+            if isinstance(item, str):
+                pieces.append(item)
+            else:
+                end = item
+        if self.supported(p, "".join(pieces)):
+            yield from pieces
+            yield end
+            return
+        for item in self._stream(p.fallback):
+            if isinstance(item, StreamEnd):
+                item = dataclasses.replace(item, seconds=round(item.seconds + end.seconds, 3))
+            yield item
 
     def _stream(self, p: Prepared) -> Iterator[str | StreamEnd]:
         import queue

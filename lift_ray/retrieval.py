@@ -175,6 +175,19 @@ def in_head_tail_view(span: tuple[int, int], n_tokens: int, window: int, mixin_l
     return 2 * shown >= end - start
 
 
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def answer_in_view(answer: str, view_text: str) -> bool:
+    """Whether the answer's words stand, in order and whole, in the view's text (case and punctuation aside).
+
+    An empty answer is never in the view.
+    """
+    words = _words(answer)
+    return bool(words) and f" {words} " in f" {_words(view_text)} "
+
+
 def evidence_in_view(index: RetrievalIndex, question: str, n_tokens: int, window: int, mixin_len: int, ratio: float) -> bool:
     """Whether the head…tail view shows what the question points at: the best chunk the view shows
     (half of it or more) scores at least ``ratio`` times every chunk it leaves out. Always when the

@@ -39,7 +39,7 @@ def _config(model_dir, store_uri, train=None, **adapter):
             "segments": {"context_window": 48, "segment_length": 32},
             "train": train or {"epochs": 2, "learning_rate": 1e-2},
             "aux_qa": {"generator": "none"},
-            "inference": {"max_new_tokens": 12, "question_reserve": 64},
+            "inference": {"max_new_tokens": 12, "question_reserve": 64, "rag_when_unsupported": False},
             "store": {"uri": store_uri},
             **({"adapter": adapter} if adapter else {}),
         },

@@ -4,9 +4,11 @@ import random
 
 import pytest
 
+import lift_ray.infer
+from conftest import drain
 from lift_ray.config import ConfigError, build_config
 from lift_ray.infer import LiftEngine, Question
-from lift_ray.retrieval import RetrievalIndex, chunk_spans, evidence_in_view, in_head_tail_view, index_key, retrieved_view, sentence_ends
+from lift_ray.retrieval import RetrievalIndex, answer_in_view, chunk_spans, evidence_in_view, in_head_tail_view, index_key, retrieved_view, sentence_ends
 from lift_ray.store import AdapterStore, RETRIEVAL_MARKER
 from lift_ray.text import normalize_text
 
@@ -217,3 +219,51 @@ def test_an_adapted_mode_answers_as_icl_when_the_window_shows_the_evidence(engin
     plain = LiftEngine(engine.loaded, off, engine.store)
     p = plain.prepare(Question(at_head, doc, "lift+icl"))
     assert p.answered_as == "lift+icl" and p.adapter is not None and p.prompt == icl.prompt
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ("Zanthoric", True), ("zanthoric.", True), ("Vault code of the", True), ("lighthouse is Zanthoric!", True),
+    ("The code is Zanthoric", False), ("Zanth", False), ("", False), ("  .  ", False),
+])
+def test_an_answer_is_in_the_view_when_its_words_stand_there_whole_and_in_order(answer, expected):
+    assert answer_in_view(answer, "The harbour was quiet. The vault code of the lighthouse is Zanthoric ... Gulls") is expected
+
+
+def test_lift_rag_answers_as_rag_when_the_adapters_answer_is_not_in_the_chunks(engine, monkeypatch):
+    """The adapter's answer stands only when the retrieved chunks hold it; else the base model reads them."""
+    sentences = [random.Random(5).choice(FILLER) for _ in range(40)]
+    sentences.insert(0, "The vault code of the lighthouse is Zanthoric.")
+    sentences.insert(20, "The ferry captain is called Mirabelle Quorst.")
+    result = engine.absorb(normalize_text(" ".join(sentences)), progress=False)
+    doc, question = result.doc_id, "Who is the ferry captain?"
+    checked = engine.config.model_copy(update={"inference": engine.config.inference.model_copy(update={"rag_when_unsupported": True})})
+    on = LiftEngine(engine.loaded, checked, engine.store)
+    p = on.prepare(Question(question, doc, "lift+rag"))
+    rag = on.prepare(Question(question, doc, "rag"))
+    assert p.answered_as == "lift+rag" and p.adapter is not None and p.view == "retrieved"
+    assert p.fallback.adapter is None and p.fallback.prompt == rag.prompt and p.fallback.answered_as == "rag"
+    rag_answer = on.answer(question, doc, "rag").answer
+    generates = []
+    original = LiftEngine._generate
+    monkeypatch.setattr(LiftEngine, "_generate", lambda self, rows, *a, **k: generates.append(len(rows)) or original(self, rows, *a, **k))
+    for in_chunks in (True, False):
+        seen = []
+        monkeypatch.setattr(lift_ray.infer, "answer_in_view", lambda answer, view: seen.append((answer, view)) or in_chunks)
+        generates.clear()
+        ans = on.answer(question, doc, "lift+rag")
+        assert "captain is called Mirabelle" in seen[0][1]  # the adapter's answer is checked against its chunks
+        if in_chunks:
+            adapter_answer = seen[0][0]
+            assert (ans.answer, ans.answered_as, ans.variant) == (adapter_answer, "lift+rag", result.variant)
+            assert generates == [1]
+        else:
+            assert seen[0][0] == adapter_answer
+            assert (ans.answer, ans.answered_as, ans.variant) == (rag_answer, "rag", None)
+            assert ans.mode == "lift+rag" and ans.prompt_tokens == len(rag.prompt) and generates == [1, 1]
+        pieces, streamed = drain(on.stream_answer(question, doc, "lift+rag"))
+        assert "".join(pieces).strip() == ans.answer and (streamed.answer, streamed.answered_as) == (ans.answer, ans.answered_as)
+    # nothing to check: another mode, a question answered as icl, a view with no retrieved chunk
+    assert on.prepare(Question(question, doc, "lift+icl")).fallback is None
+    assert on.prepare(Question("Quixotic xylophones?", doc, "lift+rag")).fallback is None
+    routed = on.prepare(Question("What is the vault code of the lighthouse?", doc, "lift+rag"))
+    assert routed.answered_as == "icl" and routed.fallback is None

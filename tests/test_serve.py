@@ -37,7 +37,7 @@ def _overrides(model_dir, store):
         "segments": {"context_window": 48, "segment_length": 32},
         "train": {"epochs": 2, "learning_rate": 1e-2},
         "aux_qa": {"generator": "none"},
-        "inference": {"max_new_tokens": 12, "question_reserve": 64},
+        "inference": {"max_new_tokens": 12, "question_reserve": 64, "rag_when_unsupported": False},
         "store": {"uri": str(store)},
     }
 

@@ -68,7 +68,7 @@ def _tiny_engine(model_dir: Path, store: Path, qa: str = "rules"):
         # head…tail view, so lift+icl would answer as icl (no words from the tiny base model): keep the adapter.
         "train": {"learning_rate": 1e-2, "epochs": 1, "early_stop": False, "step_tokens": 0},
         "aux_qa": {"generator": qa, "stage1_epochs": 1, "stage2_epochs": 1, "views": ["head_tail"]},
-        "inference": {"max_new_tokens": 8, "question_reserve": 64, "icl_when_in_window": False},
+        "inference": {"max_new_tokens": 8, "question_reserve": 64, "rag_when_unsupported": False, "icl_when_in_window": False},
         "store": {"uri": str(store)},
     })
     return LiftEngine.from_config(cfg)

@@ -67,7 +67,7 @@ class Usage:
     completion_tokens: int | None
     seconds: float  # request to last piece
     first_piece_seconds: float | None  # request to first piece (time to first token)
-    answered_as: str | None = None  # set when another mode answered (lift+icl as icl: the window shows the evidence)
+    answered_as: str | None = None  # set when another mode answered (lift+icl as icl, lift+rag as rag: view.ANSWERED_AS_WHY)
 
     @property
     def tokens_per_second(self) -> float | None:

@@ -77,8 +77,16 @@ def usage_markdown(usage: Usage | None, *, running: bool = False) -> str:
         rate = usage.tokens_per_second
         parts.append(f"{usage.completion_tokens} tokens" + (f", {rate:.1f} tok/s" if rate else ""))
     if usage.answered_as:
-        parts.append(f"answered as {MODE_TITLES.get(usage.answered_as, usage.answered_as)}: the window shows the evidence")
+        why = ANSWERED_AS_WHY.get(usage.answered_as, "")
+        parts.append(f"answered as {MODE_TITLES.get(usage.answered_as, usage.answered_as)}" + (f": {why}" if why else ""))
     return " · ".join(parts)
+
+
+# why an adapted mode's question was answered in another mode (lift_ray.infer.Answer.answered_as)
+ANSWERED_AS_WHY = {
+    "icl": "the window shows the evidence",
+    "rag": "the adapter's answer was not in the retrieved chunks",
+}
 
 
 def niah_rows(results: dict) -> tuple[list[str], list[list]]:
