@@ -176,21 +176,24 @@ def cmd_ask(args: argparse.Namespace) -> int:
         doc = doc_id if known else text
     for question in questions:
         if args.stream:
-            pieces = []
-            for piece in engine.stream_answer(
+            pieces = engine.stream_answer(
                 question, doc, mode, variant=args.variant, context_window=args.context_window,
                 max_new_tokens=args.max_new_tokens,
-            ):
-                pieces.append(piece)
+            )
+            while True:
+                try:
+                    piece = next(pieces)
+                except StopIteration as end:  # the generator returns the whole Answer
+                    ans = end.value
+                    break
                 if args.json:
                     print(json.dumps({"delta": piece}, ensure_ascii=False), flush=True)
                 else:
                     print(piece, end="", flush=True)
             if not args.json:
                 print(flush=True)
-            else:
-                print(json.dumps({"answer": "".join(pieces).strip(), "mode": mode, "doc_id": doc_id,
-                                  "question": question}, ensure_ascii=False), flush=True)
+            else:  # the last line: the same object as a non-streamed --json answer
+                print(json.dumps(ans.to_json(), ensure_ascii=False), flush=True)
             continue
         ans = engine.answer(
             question, doc, mode, variant=args.variant, context_window=args.context_window,

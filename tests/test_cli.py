@@ -100,6 +100,14 @@ def test_absorb_ask_docs_round_trip(capsys, doc, store, tiny_model_dir, tiny_yam
 
     code, out, _ = run(capsys, "ask", result["doc_id"], "Who?", "--store", store, "--stream", "--max-new-tokens", "3")
     assert code == 0 and out.endswith("\n")
+    code, out, _ = run(capsys, "ask", result["doc_id"], "Who keeps a tortoise?", "--store", store, "--stream", "--json",
+                       "--mode", "lift+icl", "--max-new-tokens", "3")
+    *deltas, last = [json.loads(x) for x in out.splitlines()]
+    plain = json.loads(run(capsys, "ask", result["doc_id"], "Who keeps a tortoise?", "--store", store, "--json",
+                           "--mode", "lift+icl", "--max-new-tokens", "3")[1])
+    assert code == 0 and "".join(d["delta"] for d in deltas).strip() == last["answer"] == plain["answer"]
+    assert {k: last[k] for k in ("mode", "doc_id", "variant", "view", "answered_as", "new_tokens")} == \
+        {k: plain[k] for k in ("mode", "doc_id", "variant", "view", "answered_as", "new_tokens")}
 
     code, out, _ = run(capsys, "docs", "list", "--store", store, "--json")
     rows = json.loads(out)
