@@ -312,7 +312,8 @@ class InferenceConfig(_Base):
         description="In lift+rag, the adapter's answer is kept only when its words stand in the retrieved chunks; "
         "otherwise the question is answered as rag: the base model reads the same chunks, without the adapter, "
         "whose memory names another fact of the document as often as the right one (README 'Checking the adapter's "
-        "answer'). The answer's answered_as says so.",
+        "answer'). Not when retrieval matched only words common in the document (a question in other words): "
+        "there the adapter's memory stands. The answer's answered_as says so.",
     )
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (with do_sample).")

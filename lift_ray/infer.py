@@ -32,7 +32,7 @@ from lift_ray.modes import HEAD_TAIL, RETRIEVED, ModeError, check_mode, uses_ada
 from lift_ray.model import LoadedModel, inspect_model, load_model, pick_device
 from lift_ray.segments import ChatFormat, build_prompt_ids, chat_format, normalize_text, question_content, truncate_middle
 from lift_ray.resident import ManifestCache, ResidentAdapter, ResidentAdapters, fetch_adapter
-from lift_ray.retrieval import RetrievalIndex, answer_in_view, evidence_in_view, index_key, retrieved_view
+from lift_ray.retrieval import RetrievalIndex, answer_in_view, distinctive_match, evidence_in_view, index_key, retrieved_view
 from lift_ray.store import AdapterStore, Manifest, StoreError, doc_id_for
 
 _INDEX_CACHE = 32  # retrieval indexes kept in memory (they are small: a few KB per document)
@@ -472,7 +472,8 @@ class LiftEngine:
         inf = self.config.inference
         sampling = self._sampling(q)
         prepared = self._prepared(q, mode, answered_as, doc_id, text, window, manifest, sampling)
-        if inf.rag_when_unsupported and answered_as == "lift+rag" and prepared.view == RETRIEVED:
+        if (inf.rag_when_unsupported and answered_as == "lift+rag" and prepared.view == RETRIEVED
+                and distinctive_match(self.retrieval_index(doc_id, text), q.question)):
             prepared.fallback = self._prepared(q, mode, "rag", doc_id, text, window, None, sampling)
         return prepared
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import tempfile
 from pathlib import Path
@@ -173,6 +174,19 @@ def in_head_tail_view(span: tuple[int, int], n_tokens: int, window: int, mixin_l
     start, end = span
     shown = max(0, min(end, head) - start) + max(0, end - max(start, n_tokens - tail))
     return 2 * shown >= end - start
+
+
+def distinctive_match(index: RetrievalIndex, question: str) -> bool:
+    """Whether the best chunk matches the question at least as strongly as one question word found in
+    just one chunk of average length would (BM25's idf and term-frequency parts at k1).
+
+    Below that, retrieval matched only words common in the document, as for a question asked in other
+    words than the document's; its chunks then say little about what the question points at.
+    """
+    scores = index.scores(question)
+    n = len(index.spans)
+    one_word = math.log(1 + (n - 1 + 0.5) / (1 + 0.5)) / (1 + index.bm25.k1)
+    return bool(scores) and max(scores) >= one_word
 
 
 def _words(text: str) -> str:

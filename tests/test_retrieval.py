@@ -8,7 +8,7 @@ import lift_ray.infer
 from conftest import drain
 from lift_ray.config import ConfigError, build_config
 from lift_ray.infer import LiftEngine, Question
-from lift_ray.retrieval import RetrievalIndex, answer_in_view, chunk_spans, evidence_in_view, in_head_tail_view, index_key, retrieved_view, sentence_ends
+from lift_ray.retrieval import RetrievalIndex, answer_in_view, chunk_spans, distinctive_match, evidence_in_view, in_head_tail_view, index_key, retrieved_view, sentence_ends
 from lift_ray.store import AdapterStore, RETRIEVAL_MARKER
 from lift_ray.text import normalize_text
 
@@ -229,9 +229,18 @@ def test_an_answer_is_in_the_view_when_its_words_stand_there_whole_and_in_order(
     assert answer_in_view(answer, "The harbour was quiet. The vault code of the lighthouse is Zanthoric ... Gulls") is expected
 
 
+def test_a_distinctive_match_is_a_word_as_rare_as_one_chunk_not_common_words(tiny_loaded):
+    tok = tiny_loaded.tokenizer
+    index = _index(tok, _document(40, at=20))
+    assert distinctive_match(index, "What is the vault code of the lighthouse?")  # in one chunk only
+    assert not distinctive_match(index, "What about the boats?")  # a filler word, in many chunks
+    assert not distinctive_match(index, "Quixotic xylophones?")  # nothing shared
+
+
 def test_lift_rag_answers_as_rag_when_the_adapters_answer_is_not_in_the_chunks(engine, monkeypatch):
     """The adapter's answer stands only when the retrieved chunks hold it; else the base model reads them."""
-    sentences = [random.Random(5).choice(FILLER) for _ in range(40)]
+    rng = random.Random(5)
+    sentences = [rng.choice(FILLER) for _ in range(40)]
     sentences.insert(0, "The vault code of the lighthouse is Zanthoric.")
     sentences.insert(20, "The ferry captain is called Mirabelle Quorst.")
     result = engine.absorb(normalize_text(" ".join(sentences)), progress=False)
@@ -262,8 +271,12 @@ def test_lift_rag_answers_as_rag_when_the_adapters_answer_is_not_in_the_chunks(e
             assert ans.mode == "lift+rag" and ans.prompt_tokens == len(rag.prompt) and generates == [1, 1]
         pieces, streamed = drain(on.stream_answer(question, doc, "lift+rag"))
         assert "".join(pieces).strip() == ans.answer and (streamed.answer, streamed.answered_as) == (ans.answer, ans.answered_as)
-    # nothing to check: another mode, a question answered as icl, a view with no retrieved chunk
+    # nothing to check: another mode, a question answered as icl, a view with no retrieved chunk, chunks
+    # matched by common words only (a question in other words: the adapter's memory stands)
     assert on.prepare(Question(question, doc, "lift+icl")).fallback is None
+    unrouted = on.config.model_copy(update={"inference": on.config.inference.model_copy(update={"icl_when_in_window": False})})
+    common = LiftEngine(engine.loaded, unrouted, engine.store).prepare(Question("What about the boats?", doc, "lift+rag"))
+    assert common.view == "retrieved" and common.answered_as == "lift+rag" and common.fallback is None
     assert on.prepare(Question("Quixotic xylophones?", doc, "lift+rag")).fallback is None
     routed = on.prepare(Question("What is the vault code of the lighthouse?", doc, "lift+rag"))
     assert routed.answered_as == "icl" and routed.fallback is None
