@@ -176,6 +176,14 @@ def test_an_answer_given_as_icl_says_so(absorbed, engine):
     assert "answered as" not in stats["icl"]
 
 
+def test_a_lift_rag_answer_given_as_rag_says_why():
+    from ui.backends import Usage
+    from ui.view import usage_markdown
+
+    line = usage_markdown(Usage(prompt_tokens=90, completion_tokens=12, seconds=1.5, first_piece_seconds=1.2, answered_as="rag"))
+    assert "answered as RAG: the adapter's answer was not in the retrieved chunks" in line
+
+
 def test_document_view_highlights_the_engines_window(absorbed, app, engine):
     """The highlighted head and tail are the tokens truncate_middle keeps; the middle is greyed."""
     _, client, _ = app
