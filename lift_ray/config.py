@@ -297,10 +297,11 @@ class InferenceConfig(_Base):
     )
     max_new_tokens: int = Field(64, ge=1, le=8192, description="Maximum tokens generated per answer.")
     icl_when_in_window: bool = Field(
-        True,
+        False,
         description="In lift+icl and lift+rag, a question whose evidence the head…tail view shows (by BM25: see "
         "in_window_score_ratio) is answered as icl: the base model reads the view, without the adapter, whose "
-        "memory can override text the window holds (README 'Reading the window'). The answer's answered_as says so.",
+        "memory can override text the window holds (README 'Reading the window'). The answer's answered_as says so. "
+        "Off by default: on the documents written after it was chosen it was a wash.",
     )
     in_window_score_ratio: float = Field(
         2.0, gt=0,

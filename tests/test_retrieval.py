@@ -203,21 +203,21 @@ def test_an_adapted_mode_answers_as_icl_when_the_window_shows_the_evidence(engin
     sentences.insert(20, "The ferry captain is called Mirabelle Quorst.")
     result = engine.absorb(normalize_text(" ".join(sentences)), progress=False)
     doc = result.doc_id
+    on = engine.config.model_copy(update={"inference": engine.config.inference.model_copy(update={"icl_when_in_window": True})})
+    reading = LiftEngine(engine.loaded, on, engine.store)
     at_head, in_middle = "What is the vault code of the lighthouse?", "Who is the ferry captain?"
-    icl = engine.prepare(Question(at_head, doc, "icl"))
+    icl = reading.prepare(Question(at_head, doc, "icl"))
     for mode in ("lift+icl", "lift+rag"):
-        p = engine.prepare(Question(at_head, doc, mode))
+        p = reading.prepare(Question(at_head, doc, mode))
         assert p.answered_as == "icl" and p.adapter is None and p.view == "head_tail" and p.prompt == icl.prompt
-        ans = engine.answer(at_head, doc, mode)
+        ans = reading.answer(at_head, doc, mode)
         assert (ans.mode, ans.answered_as, ans.variant) == (mode, "icl", None)
-        assert ans.answer == engine.answer(at_head, doc, "icl").answer
+        assert ans.answer == reading.answer(at_head, doc, "icl").answer
         for question in (in_middle, "Quixotic xylophones?"):  # evidence beyond the window; no evidence found
-            p = engine.prepare(Question(question, doc, mode))
+            p = reading.prepare(Question(question, doc, mode))
             assert p.answered_as == mode and p.adapter is not None and p.adapter.variant == result.variant
-    assert engine.answer(at_head, doc, "lift").answered_as == "lift"  # no window, nothing to read
-    off = engine.config.model_copy(update={"inference": engine.config.inference.model_copy(update={"icl_when_in_window": False})})
-    plain = LiftEngine(engine.loaded, off, engine.store)
-    p = plain.prepare(Question(at_head, doc, "lift+icl"))
+    assert reading.answer(at_head, doc, "lift").answered_as == "lift"  # no window, nothing to read
+    p = engine.prepare(Question(at_head, doc, "lift+icl"))  # off by default: the paper's lift+icl
     assert p.answered_as == "lift+icl" and p.adapter is not None and p.prompt == icl.prompt
 
 
@@ -245,7 +245,8 @@ def test_lift_rag_answers_as_rag_when_the_adapters_answer_is_not_in_the_chunks(e
     sentences.insert(20, "The ferry captain is called Mirabelle Quorst.")
     result = engine.absorb(normalize_text(" ".join(sentences)), progress=False)
     doc, question = result.doc_id, "Who is the ferry captain?"
-    checked = engine.config.model_copy(update={"inference": engine.config.inference.model_copy(update={"rag_when_unsupported": True})})
+    checked = engine.config.model_copy(update={"inference": engine.config.inference.model_copy(
+        update={"rag_when_unsupported": True, "icl_when_in_window": True})})
     on = LiftEngine(engine.loaded, checked, engine.store)
     p = on.prepare(Question(question, doc, "lift+rag"))
     rag = on.prepare(Question(question, doc, "rag"))
