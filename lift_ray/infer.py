@@ -469,42 +469,36 @@ class LiftEngine:
             self.check_manifest(manifest)
         window = q.context_window or (manifest.context_window if manifest else self.config.segments.context_window)
         answered_as = self.answering_mode(q.question, mode, doc_id, text, window)
-        inf = self.config.inference
-        sampling = self._sampling(q)
-        prepared = self._prepared(q, mode, answered_as, doc_id, text, window, manifest, sampling)
-        if (inf.rag_when_unsupported and answered_as == "lift+rag" and prepared.view == RETRIEVED
-                and distinctive_match(self.retrieval_index(doc_id, text), q.question)):
-            prepared.fallback = self._prepared(q, mode, "rag", doc_id, text, window, None, sampling)
-        return prepared
-
-    def _sampling(self, q: Question) -> tuple[bool, float | None, float | None]:
-        inf = self.config.inference
-        if q.temperature is None:
-            return (inf.do_sample, inf.temperature, inf.top_p) if inf.do_sample else (False, None, None)
-        if q.temperature == 0:
-            return (False, None, None)
-        return (True, float(q.temperature), float(q.top_p if q.top_p is not None else 1.0))
-
-    def _prepared(self, q: Question, mode: str, answered_as: str, doc_id: str, text: str | None, window: int,
-                  manifest: Manifest | None, sampling: tuple) -> Prepared:
         prompt, view_ids, view = self._prompt(q.question, answered_as, doc_id, text, window)
         if len(prompt) > self.loaded.max_positions - 1:
             raise QuestionError(
                 f"prompt of {len(prompt)} tokens does not fit the model's {self.loaded.max_positions} positions"
             )
+        inf = self.config.inference
         budget = self.loaded.max_positions - len(prompt)
-        return Prepared(
+        if q.temperature is None:
+            sampling = (inf.do_sample, inf.temperature, inf.top_p) if inf.do_sample else (False, None, None)
+        elif q.temperature == 0:
+            sampling = (False, None, None)
+        else:
+            sampling = (True, float(q.temperature), float(q.top_p if q.top_p is not None else 1.0))
+        prepared = Prepared(
             question=q.question,
             mode=mode,
             doc_id=doc_id,
             adapter=manifest if uses_adapter(answered_as) else None,
             prompt=prompt,
-            max_new_tokens=max(1, min(q.max_new_tokens or self.config.inference.max_new_tokens, budget)),
+            max_new_tokens=max(1, min(q.max_new_tokens or inf.max_new_tokens, budget)),
             sampling=sampling,
             view=view,
             answered_as=answered_as,
             view_ids=view_ids,
         )
+        if (inf.rag_when_unsupported and answered_as == "lift+rag" and view == RETRIEVED
+                and distinctive_match(self.retrieval_index(doc_id, text), q.question)):
+            # rag reads the same chunks in the same prompt: only the adapter goes
+            prepared.fallback = dataclasses.replace(prepared, adapter=None, answered_as="rag")
+        return prepared
 
     def supported(self, p: Prepared, answer: str) -> bool:
         """Whether ``answer`` may stand: always, unless ``p`` is checked against its retrieved chunks
