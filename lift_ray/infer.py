@@ -32,7 +32,7 @@ from lift_ray.modes import HEAD_TAIL, RETRIEVED, ModeError, check_mode, uses_ada
 from lift_ray.model import LoadedModel, inspect_model, load_model, pick_device
 from lift_ray.segments import ChatFormat, build_prompt_ids, chat_format, normalize_text, question_content, truncate_middle
 from lift_ray.resident import ManifestCache, ResidentAdapter, ResidentAdapters, fetch_adapter
-from lift_ray.retrieval import RetrievalIndex, answer_in_view, distinctive_match, evidence_in_view, index_key, retrieved_view
+from lift_ray.retrieval import RetrievalIndex, distinctive_match, evidence_in_view, index_key, retrieved_view, view_backs_answer
 from lift_ray.store import AdapterStore, Manifest, StoreError, doc_id_for
 
 _INDEX_CACHE = 32  # retrieval indexes kept in memory (they are small: a few KB per document)
@@ -502,10 +502,13 @@ class LiftEngine:
 
     def supported(self, p: Prepared, answer: str) -> bool:
         """Whether ``answer`` may stand: always, unless ``p`` is checked against its retrieved chunks
-        (``inference.rag_when_unsupported``) and the answer's words are not in them."""
+        (``inference.rag_when_unsupported``) and they do not back it (``retrieval.view_backs_answer``:
+        its words in a sentence about the question, saying more than the question)."""
         if p.fallback is None:
             return True
-        return answer_in_view(answer, self.loaded.tokenizer.decode(p.view_ids or [], skip_special_tokens=True))
+        view_text = self.loaded.tokenizer.decode(p.view_ids or [], skip_special_tokens=True)
+        share = self.config.inference.rag_support_share
+        return view_backs_answer(self.retrieval_index(p.doc_id), p.question, answer, view_text, share)
 
     # --- generating ----------------------------------------------------------------------------
     def _generate_kwargs(self, rows: list[Prepared]) -> dict:

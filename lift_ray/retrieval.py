@@ -202,6 +202,49 @@ def answer_in_view(answer: str, view_text: str) -> bool:
     return bool(words) and f" {words} " in f" {_words(view_text)} "
 
 
+_VIEW_SENTENCE = re.compile(r"(?<=[.!?;:])\s+|\n+")
+
+
+def _content_stems(text: str) -> set[str]:
+    """The text's words as BM25 indexes them (lower case, Snowball stems, English stopwords left out),
+    single characters and digits kept: "channel 9" is two words here."""
+    import bm25s
+    import Stemmer
+
+    stop = set(bm25s.stopwords.STOPWORDS_EN)
+    return set(Stemmer.Stemmer("english").stemWords([w for w in re.findall(r"\w+", text.lower()) if w not in stop]))
+
+
+def view_backs_answer(index: RetrievalIndex, question: str, answer: str, view_text: str, share: float) -> bool:
+    """Whether the retrieved view backs ``answer`` to ``question``.
+
+    Three things must hold. The answer's words stand, whole and in order, in a sentence of the view
+    (``answer_in_view``). That sentence is about the question: the question words it holds weigh
+    (BM25 idf over the document's chunks) at least ``share`` of what the view's best-matching
+    sentence holds. And the answer says something the question does not (a word of its own). An
+    answer found in a sentence about something else is most often another fact of the document, and
+    one that repeats the question says nothing.
+    """
+    if not answer_in_view(answer, view_text):
+        return False
+    asked = _content_stems(question)
+    if not _content_stems(answer) - asked:
+        return False
+    n = len(index.spans)
+    vocab = index.bm25.vocab_dict
+    idf = {}
+    for w in asked & vocab.keys():
+        df = sum(s > 0 for s in index.bm25.get_scores([w]))
+        idf[w] = math.log(1 + (n - df + 0.5) / (df + 0.5))
+    sentences = [s for s in _VIEW_SENTENCE.split(view_text) if s.strip()]
+    weights = [sum(idf.get(w, 0.0) for w in _content_stems(s) & asked) for s in sentences]
+    held = max((wt for s, wt in zip(sentences, weights) if answer_in_view(answer, s)), default=None)
+    if held is None:  # the answer runs across a split ("St. Ives"): judge it by the pair it spans
+        pairs = zip(sentences, sentences[1:], weights, weights[1:])
+        held = max((max(w1, w2) for s1, s2, w1, w2 in pairs if answer_in_view(answer, f"{s1} {s2}")), default=0.0)
+    return held >= share * max(weights, default=0.0)
+
+
 def evidence_in_view(index: RetrievalIndex, question: str, n_tokens: int, window: int, mixin_len: int, ratio: float) -> bool:
     """Whether the head…tail view shows what the question points at: the best chunk the view shows
     (half of it or more) scores at least ``ratio`` times every chunk it leaves out. Always when the

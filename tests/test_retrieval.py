@@ -8,7 +8,10 @@ import lift_ray.infer
 from conftest import drain
 from lift_ray.config import ConfigError, build_config
 from lift_ray.infer import LiftEngine, Question
-from lift_ray.retrieval import RetrievalIndex, answer_in_view, chunk_spans, distinctive_match, evidence_in_view, in_head_tail_view, index_key, retrieved_view, sentence_ends
+from lift_ray.retrieval import (
+    RetrievalIndex, answer_in_view, chunk_spans, distinctive_match, evidence_in_view, in_head_tail_view, index_key, retrieved_view,
+    sentence_ends, view_backs_answer,
+)
 from lift_ray.store import AdapterStore, RETRIEVAL_MARKER
 from lift_ray.text import normalize_text
 
@@ -237,6 +240,27 @@ def test_a_distinctive_match_is_a_word_as_rare_as_one_chunk_not_common_words(tin
     assert not distinctive_match(index, "Quixotic xylophones?")  # nothing shared
 
 
+def test_the_view_backs_an_answer_found_in_a_sentence_about_the_question(tiny_loaded):
+    """In the chunks is not enough: the sentence holding the answer must be about the question, and the
+    answer must say more than the question (README 'Checking the adapter's answer')."""
+    tok = tiny_loaded.tokenizer
+    planted = "The vault code of the lighthouse is Zanthoric. The radio of the ferry is set to channel 9."
+    index = _index(tok, _document(40, planted=planted))
+    view = "Gulls circled over the market. The vault code of the lighthouse is Zanthoric. The radio of the ferry is set to channel 9. ... The baker opened his shutters."
+    code, radio = "What is the vault code of the lighthouse?", "Which channel is the ferry's radio set to?"
+    assert view_backs_answer(index, code, "Zanthoric", view, 0.5)
+    assert view_backs_answer(index, radio, "channel 9", view, 0.5)  # a digit is a word of its own
+    assert not view_backs_answer(index, radio, "Zanthoric", view, 0.5)  # in the chunks, in a sentence about the vault
+    assert not view_backs_answer(index, code, "the market", view, 0.5)  # a sentence sharing no word with the question
+    assert not view_backs_answer(index, radio, "the channel", view, 0.5)  # repeats the question
+    assert not view_backs_answer(index, radio, "channel", view, 0.0)  # even with no sentence condition
+    assert view_backs_answer(index, code, "the market", view, 0.0)  # 0: in the chunks and adding a word suffices
+    assert not view_backs_answer(index, code, "Quorst", view, 0.0)  # not in the chunks at all
+    # an answer running across a sentence split is judged by the pair of sentences it spans
+    split = "Gulls circled over the market. The vault code of the lighthouse is St. Ives Zanthoric."
+    assert view_backs_answer(index, code, "St. Ives Zanthoric", split, 0.5)
+
+
 def test_lift_rag_answers_as_rag_when_the_adapters_answer_is_not_in_the_chunks(engine, monkeypatch):
     """The adapter's answer stands only when the retrieved chunks hold it; else the base model reads them."""
     rng = random.Random(5)
@@ -258,10 +282,12 @@ def test_lift_rag_answers_as_rag_when_the_adapters_answer_is_not_in_the_chunks(e
     monkeypatch.setattr(LiftEngine, "_generate", lambda self, rows, *a, **k: generates.append(len(rows)) or original(self, rows, *a, **k))
     for in_chunks in (True, False):
         seen = []
-        monkeypatch.setattr(lift_ray.infer, "answer_in_view", lambda answer, view: seen.append((answer, view)) or in_chunks)
+        monkeypatch.setattr(lift_ray.infer, "view_backs_answer",
+                            lambda index, q, answer, view, share: seen.append((answer, view, q, share)) or in_chunks)
         generates.clear()
         ans = on.answer(question, doc, "lift+rag")
         assert "captain is called Mirabelle" in seen[0][1]  # the adapter's answer is checked against its chunks
+        assert seen[0][2:] == (question, on.config.inference.rag_support_share)
         if in_chunks:
             adapter_answer = seen[0][0]
             assert (ans.answer, ans.answered_as, ans.variant) == (adapter_answer, "lift+rag", result.variant)

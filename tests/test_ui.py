@@ -181,7 +181,7 @@ def test_a_lift_rag_answer_given_as_rag_says_why():
     from ui.view import usage_markdown
 
     line = usage_markdown(Usage(prompt_tokens=90, completion_tokens=12, seconds=1.5, first_piece_seconds=1.2, answered_as="rag"))
-    assert "answered as RAG: the adapter's answer was not in the retrieved chunks" in line
+    assert "answered as RAG: the retrieved chunks did not back the adapter's answer" in line
 
 
 def test_document_view_highlights_the_engines_window(absorbed, app, engine):

@@ -85,7 +85,7 @@ def usage_markdown(usage: Usage | None, *, running: bool = False) -> str:
 # why an adapted mode's question was answered in another mode (lift_ray.infer.Answer.answered_as)
 ANSWERED_AS_WHY = {
     "icl": "the window shows the evidence",
-    "rag": "the adapter's answer was not in the retrieved chunks",
+    "rag": "the retrieved chunks did not back the adapter's answer",
 }
 
 
