@@ -439,6 +439,9 @@ class LiftConfig(_Base):
                 mode="json", exclude={"layer_share"} if getattr(self.adapter, "layer_share", None) in (None, 1.0) else None
             ),
         }
+        if "retrieved" in (self.aux_qa.views or []):
+            # pairs trained in the retrieved view see the chunks this index picks; only then does it change the adapter
+            payload["retrieval"] = self.retrieval.model_dump(mode="json")
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -90,6 +90,14 @@ def test_training_hash_ignores_inference_settings():
     assert a.training_hash() == b.training_hash() != c.training_hash()
 
 
+def test_retrieval_settings_change_the_training_hash_only_when_pairs_train_in_the_retrieved_view():
+    def h(views, chunk):
+        return build_config(None, {"aux_qa": {"views": views}, "retrieval": {"chunk_tokens": chunk}}).training_hash()
+
+    assert h(["head_tail", "none"], 32) == h(["head_tail", "none"], 48)  # stored adapters keep their variant
+    assert h(["head_tail", "retrieved"], 32) != h(["head_tail", "retrieved"], 48)
+
+
 def test_lora_layer_share_every_layer_keeps_the_hash_of_adapters_absorbed_before_it():
     full_questions = {"short_question_views": []}  # as every adapter before version 25 trained
     unset = build_config(None, {"aux_qa": full_questions})
