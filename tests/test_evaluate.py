@@ -91,6 +91,21 @@ def test_summary_scores_predictions_written_before_a_metric_existed():
     assert table[0]["contains"] == 100.0 and table[0]["contains_10w"] == 50.0
 
 
+def test_summary_counts_the_questions_a_mode_answered_as_another():
+    from lift_ray.evaluate.runner import summarise, summary_markdown
+
+    rows = [{"doc": "d", "q_index": i, "mode": "lift+rag", "answered_as": a, "where": w, "prediction": "x", "answers": ["y"],
+             "seconds": 1.0, **score_answer("x", ["y"])}
+            for i, (a, w) in enumerate([("lift+rag", "beyond"), ("rag", "beyond"), ("rag", "inside"), ("icl", "inside")])]
+    rows.append({**rows[0], "mode": "rag", "answered_as": "rag"})
+    summary = summarise(rows, ["lift+rag", "rag"], [], {"model": "m", "context_window": 8})
+    by = {(r["mode"], r["where"]): r["answered_as_other"] for r in summary["table"]}
+    assert by[("lift+rag", "all")] == {"icl": 1, "rag": 2} and by[("lift+rag", "beyond")] == {"rag": 1}
+    assert by[("rag", "all")] == {}
+    md = summary_markdown(summary)
+    assert "| 1 as icl, 2 as rag |" in md and md.count("| - |") >= 1
+
+
 def test_currency_signs_and_unicode_punctuation_do_not_hide_an_answer():
     # SQuAD's ASCII-only stripping left "£48000" one word, so the answer "48,000" was never found.
     assert contains_answer("The council's annual budget is £48,000.", ["48,000"]) == 1.0

@@ -20,6 +20,7 @@ import hashlib
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -295,6 +296,9 @@ def _means(rows: list[dict]) -> dict[str, Any]:
     judged = [r["judge"] for r in rows if r.get("judge") is not None]
     out["judge"] = round(sum(judged) / len(judged), 2) if judged else None
     out["answer_seconds"] = round(sum(r["seconds"] for r in rows), 1)
+    # questions a mode answered as another (lift+rag as rag when its chunks do not back the adapter, ...)
+    other = Counter(r["answered_as"] for r in rows if r.get("answered_as") not in (None, r["mode"]))
+    out["answered_as_other"] = dict(sorted(other.items()))
     return out
 
 
@@ -335,11 +339,12 @@ def summary_markdown(summary: dict) -> str:
         f"{summary['questions']} questions; absorbed {summary['absorbed']} documents "
         f"({summary['absorb_tokens']} tokens), {summary['absorb_seconds']} s of absorbing summed over documents.",
         "",
-        "| mode | evidence | questions | " + " | ".join(METRIC_NAMES[c] for c in cols) + " | answer s |",
-        "|---|---|---|" + "---|" * len(cols) + "---|",
+        "| mode | evidence | questions | " + " | ".join(METRIC_NAMES[c] for c in cols) + " | answer s | answered as another mode |",
+        "|---|---|---|" + "---|" * len(cols) + "---|---|",
     ]
     for row in summary["table"]:
         cells = ["-" if row[c] is None else f"{row[c]:.1f}" if c != "judge" else f"{row[c]:.2f}" for c in cols]
         where = "all" if row["where"] == "all" else f"{row['where']} the window"
-        lines.append(f"| {row['mode']} | {where} | {row['questions']} | " + " | ".join(cells) + f" | {row['answer_seconds']} |")
+        other = ", ".join(f"{n} as {mode}" for mode, n in row.get("answered_as_other", {}).items()) or "-"
+        lines.append(f"| {row['mode']} | {where} | {row['questions']} | " + " | ".join(cells) + f" | {row['answer_seconds']} | {other} |")
     return "\n".join(lines) + "\n"
