@@ -141,12 +141,16 @@ def absorb_document(
         recite_prompt=seg.recite_prompt,
         mixin=seg.mixin,
     )
+    # The text and the rag modes' index go into the store first: icl and rag answer from them while
+    # the adapter trains (the document is listed, and adapted modes use it, once the manifest is there).
+    r = cfg.retrieval
+    index = RetrievalIndex.build(text, tok, r.chunk_tokens, r.overlap_tokens)
+    index_name = index_key(loaded.model_id, r.chunk_tokens, r.overlap_tokens)
+    store.put_document(doc_id, text)
+    store.put_retrieval_index(doc_id, index_name, index.to_files())
     report = on_progress or (lambda event: None)
     report(AbsorbProgress("qa"))
     pairs = auxiliary_pairs(loaded, text, doc_id, cfg, store)
-    # The rag modes' index, built once here and published beside the document for every reader.
-    r = cfg.retrieval
-    index = RetrievalIndex.build(text, tok, r.chunk_tokens, r.overlap_tokens)
     mixin_ids = tok(seg.mixin, add_special_tokens=False)["input_ids"]
 
     def retrieved(question: str) -> list[int]:  # the view a rag / lift+rag answer to this question reads
@@ -231,7 +235,6 @@ def absorb_document(
                     doc_id, variant, "lease_lost", len(doc_tokens), store.uri, round(time.perf_counter() - start, 3), metrics
                 )
             report(AbsorbProgress("publish"))
-            store.put_retrieval_index(doc_id, index_key(loaded.model_id, r.chunk_tokens, r.overlap_tokens), index.to_files())
             store.publish(manifest, text, Path(tmp))
     finally:
         loaded.model = handle.detach()

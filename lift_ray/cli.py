@@ -152,6 +152,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     """Answer questions about an absorbed document (or, in icl mode, any text file)."""
     from lift_ray.text import read_document
     from lift_ray.infer import LiftEngine, engine_for_manifest, resolve_document
+    from lift_ray.modes import NO_ADAPTER_YET
     from lift_ray.store import StoreError, is_doc_id
 
     cfg = _config(args)
@@ -163,7 +164,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise StoreError(f"{target!r} is neither a document id nor a file")
     doc_id, text = resolve_document(target if is_doc_id(target) else read_document(target, cfg.segments.max_document_chars))
     known = bool(store.variants(doc_id))
-    if not known and (text is None or mode != "icl"):
+    stored = known or store.has_document(doc_id)  # an absorb stores the text before it trains
+    if not stored and (text is None or mode != "icl"):
         hint = "" if text is None else f"; absorb it first: lift-ray absorb {target}"
         raise StoreError(f"unknown document id {doc_id} in store {store.uri}{hint}")
     _set_threads(args.threads)
@@ -173,7 +175,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         doc = doc_id
     else:
         engine = LiftEngine.from_config(cfg, store=store)
-        doc = doc_id if known else text
+        doc = doc_id if stored else text
     for question in questions:
         if args.stream:
             pieces = engine.stream_answer(
@@ -200,6 +202,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens,
         )
         _emit(ans.to_json(), args.json, ans.answer if len(questions) == 1 else f"Q: {question}\nA: {ans.answer}")
+        if ans.answered_as_reason == NO_ADAPTER_YET and not args.json:
+            print(f"lift-ray: answered as {ans.answered_as}: the document's absorb has not published its adapter yet",
+                  file=sys.stderr)
     return 0
 
 

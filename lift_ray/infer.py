@@ -7,8 +7,10 @@
   picks for the question in the same W tokens (:mod:`lift_ray.retrieval`).
 
 An adapted mode with a document view answers as ``icl`` when the head…tail view shows the chunks
-retrieval ranks well above the rest for the question (``inference.icl_when_in_window``;
-``Answer.answered_as``).
+retrieval ranks well above the rest for the question (``inference.icl_when_in_window``), ``lift+rag``
+as ``rag`` when its chunks do not back the adapter's answer (``inference.rag_when_unsupported``), and
+both as their base mode while the document's absorb has not published an adapter yet
+(``Answer.answered_as`` and ``answered_as_reason`` say so).
 
 :class:`LiftEngine` keeps the base model loaded and the adapters of recently asked documents
 resident beside it (:mod:`lift_ray.resident`); questions about several documents can be answered
@@ -28,7 +30,10 @@ import torch
 
 from lift_ray.adapters.base import AdapterError
 from lift_ray.config import LiftConfig, ModelSpec, resolve_config
-from lift_ray.modes import HEAD_TAIL, RETRIEVED, ModeError, check_mode, uses_adapter, uses_document, view_of
+from lift_ray.modes import (
+    EVIDENCE_IN_WINDOW, HEAD_TAIL, NO_ADAPTER_YET, NOT_BACKED, RETRIEVED, ModeError, base_mode, check_mode, uses_adapter, uses_document,
+    view_of,
+)
 from lift_ray.model import LoadedModel, inspect_model, load_model, pick_device
 from lift_ray.segments import ChatFormat, build_prompt_ids, chat_format, normalize_text, question_content, truncate_middle
 from lift_ray.resident import ManifestCache, ResidentAdapter, ResidentAdapters, fetch_adapter
@@ -116,7 +121,8 @@ class Prepared:
     max_new_tokens: int
     sampling: tuple[bool, float | None, float | None]  # (do_sample, temperature, top_p)
     view: str | None = None  # kind of document view in the prompt (modes.HEAD_TAIL, modes.RETRIEVED), None in lift mode
-    answered_as: str | None = None  # the mode that answers: ``mode``, or "icl" when the window shows the evidence
+    answered_as: str | None = None  # the mode that answers: ``mode``, or another one for ``reason``
+    reason: str | None = None  # why answered_as differs from mode (modes.EVIDENCE_IN_WINDOW, NOT_BACKED, NO_ADAPTER_YET)
     view_ids: list[int] | None = dataclasses.field(default=None, repr=False)  # the document view's tokens in the prompt
     # asked again without the adapter when the adapter's answer is not in the retrieved chunks (rag_when_unsupported)
     fallback: "Prepared | None" = dataclasses.field(default=None, repr=False)
@@ -139,9 +145,10 @@ class Answer:
     view: str | None = None  # "head_tail" or "retrieved" (rag modes fall back to head_tail when nothing matches); None in lift mode
     finish_reason: str = "stop"  # "stop" (end of answer) or "length" (max_new_tokens reached)
     # the mode that answered: ``mode``; "icl" when an adapted mode's question has its evidence in the
-    # head…tail view (inference.icl_when_in_window); "rag" when lift+rag's adapter answered something the
-    # retrieved chunks do not hold (inference.rag_when_unsupported)
+    # head…tail view (inference.icl_when_in_window); "rag" when the retrieved chunks do not back lift+rag's
+    # adapter's answer (inference.rag_when_unsupported); the base mode while the document has no adapter yet
     answered_as: str | None = None
+    answered_as_reason: str | None = None  # why (modes.EVIDENCE_IN_WINDOW, NOT_BACKED, NO_ADAPTER_YET); None as asked
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -160,6 +167,7 @@ class StreamEnd:
     seconds: float
     view: str | None = None
     answered_as: str | None = None
+    answered_as_reason: str | None = None
 
 
 class _Cancelled:
@@ -386,7 +394,7 @@ class LiftEngine:
             if (doc_id, key) in self._indexes:
                 self._indexes.move_to_end((doc_id, key))
                 return self._indexes[(doc_id, key)]
-        stored = bool(self.store.variants(doc_id))
+        stored = self.store.has_document(doc_id)
         files = self.store.retrieval_index(doc_id, key) if stored else None
         if files is not None:
             index = RetrievalIndex.from_files(files)
@@ -459,16 +467,28 @@ class LiftEngine:
         mode = q.mode or self.config.inference.mode
         _check_mode(mode)
         doc_id, text = resolve_document(q.doc)
+        no_adapter_yet = False
         try:  # icl on an absorbed document uses the W its adapter saw
             manifest = self.manifests.get(doc_id, q.variant)
         except StoreError:
-            if uses_adapter(mode) or text is None:
-                raise
             manifest = None
+            # An absorb stores the text before it trains: until its adapter is published, icl and rag
+            # answer from the text, and lift+icl / lift+rag as those two (answered_as says so).
+            if q.variant is not None or ((uses_adapter(mode) or text is None) and not self.store.has_document(doc_id)):
+                raise
+            if uses_adapter(mode):
+                if base_mode(mode) is None:
+                    raise StoreError(f"document {doc_id} has no adapter yet (its absorb has not finished): mode {mode} "
+                                     "needs one; icl and rag answer from its text now") from None
+                no_adapter_yet = True
         if manifest is not None and uses_adapter(mode):
             self.check_manifest(manifest)
         window = q.context_window or (manifest.context_window if manifest else self.config.segments.context_window)
-        answered_as = self.answering_mode(q.question, mode, doc_id, text, window)
+        if no_adapter_yet:
+            answered_as, reason = base_mode(mode), NO_ADAPTER_YET
+        else:
+            answered_as = self.answering_mode(q.question, mode, doc_id, text, window)
+            reason = EVIDENCE_IN_WINDOW if answered_as != mode else None
         prompt, view_ids, view = self._prompt(q.question, answered_as, doc_id, text, window)
         if len(prompt) > self.loaded.max_positions - 1:
             raise QuestionError(
@@ -492,12 +512,13 @@ class LiftEngine:
             sampling=sampling,
             view=view,
             answered_as=answered_as,
+            reason=reason,
             view_ids=view_ids,
         )
         if (inf.rag_when_unsupported and answered_as == "lift+rag" and view == RETRIEVED
                 and distinctive_match(self.retrieval_index(doc_id, text), q.question)):
             # rag reads the same chunks in the same prompt: only the adapter goes
-            prepared.fallback = dataclasses.replace(prepared, adapter=None, answered_as="rag")
+            prepared.fallback = dataclasses.replace(prepared, adapter=None, answered_as="rag", reason=NOT_BACKED)
         return prepared
 
     def supported(self, p: Prepared, answer: str) -> bool:
@@ -592,7 +613,7 @@ class LiftEngine:
                     ids, reason = self._finish(seq, p.max_new_tokens)
                     text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True).strip()
                     results[i] = Answer(text, p.mode, p.doc_id, p.variant, p.question, len(p.prompt), len(ids),
-                                        round(time.perf_counter() - start, 3), p.view, reason, p.answered_as)
+                                        round(time.perf_counter() - start, 3), p.view, reason, p.answered_as, p.reason)
             finally:
                 self._release(entries)
 
@@ -701,7 +722,7 @@ class LiftEngine:
             if text.startswith(sent) and len(text) > len(sent):
                 yield text[len(sent):]
             yield StreamEnd(p.mode, p.doc_id, p.variant, len(p.prompt), len(ids), reason,
-                            round(time.perf_counter() - start, 3), p.view, p.answered_as)
+                            round(time.perf_counter() - start, 3), p.view, p.answered_as, p.reason)
         finally:
             cancel.set()
             thread.join()
@@ -731,7 +752,7 @@ class LiftEngine:
             else:
                 end = item
         return Answer("".join(pieces).strip(), end.mode, end.doc_id, end.variant, question, end.prompt_tokens,
-                      end.new_tokens, end.seconds, end.view, end.finish_reason, end.answered_as)
+                      end.new_tokens, end.seconds, end.view, end.finish_reason, end.answered_as, end.answered_as_reason)
 
 
 def engine_for_manifest(manifest: Manifest, config: LiftConfig, store: AdapterStore) -> LiftEngine:

@@ -27,6 +27,10 @@ MODE_HELP = {
     "lift+rag": "adapter + the retrieved chunks (the default)",
 }
 HEAD_TAIL, RETRIEVED = "head_tail", "retrieved"
+# Why a question was answered in another mode than the one asked (``Answer.answered_as_reason``).
+EVIDENCE_IN_WINDOW = "evidence_in_window"  # icl: the head…tail view shows the evidence (inference.icl_when_in_window)
+NOT_BACKED = "chunks_do_not_back_answer"  # rag: the retrieved chunks do not back the adapter's answer
+NO_ADAPTER_YET = "no_adapter_yet"  # icl / rag: the document's absorb has not published an adapter yet
 
 
 class ModeError(ValueError):
@@ -59,6 +63,11 @@ def uses_adapter(mode: str) -> bool:
 def uses_document(mode: str) -> bool:
     """Whether the mode puts a view of the document into the prompt."""
     return view_of(mode) is not None
+
+
+def base_mode(mode: str) -> str | None:
+    """The mode that reads the same view without the adapter (lift+icl: icl, lift+rag: rag); None for lift."""
+    return {"lift": None, "lift+icl": "icl", "lift+rag": "rag"}.get(check_mode(mode), mode)
 
 
 def view_of(mode: str) -> str | None:

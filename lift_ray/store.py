@@ -9,10 +9,13 @@ Layout under the root::
     docs/<doc_id>/retrieval/<index key>/...        BM25 index of the document's chunks (rag modes);
                                                    its chunks.json is written last
 
-An adapter is visible iff its ``manifest.json`` exists, and a document iff it has a visible
-adapter. Because the manifest is written last (and removed first on delete or retrain), a reader
-never sees a half-written entry; the rule needs no rename, so it also holds on object stores. On a
-local filesystem each file is additionally written to a temporary name and renamed into place.
+An adapter is visible iff its ``manifest.json`` exists, and a document is listed iff it has a
+visible adapter. Because the manifest is written last (and removed first on delete or retrain), a
+reader never sees a half-written entry; the rule needs no rename, so it also holds on object stores.
+On a local filesystem each file is additionally written to a temporary name and renamed into place.
+An absorb writes ``document.txt`` (one write; the id is its hash, so it never changes) and the
+retrieval index before it trains: the modes without an adapter (icl, rag) answer from them while the
+adapter is being trained, before the document is listed.
 """
 
 from __future__ import annotations
@@ -281,10 +284,16 @@ class AdapterStore:
             raise StoreError(f"unknown document id {doc_id} in store {self.uri}")
         return max(found, key=lambda m: m.created_at)
 
+    def has_document(self, doc_id: str) -> bool:
+        """Whether the document's text is stored: from the start of its first absorb, adapter or not."""
+        return self.fs.exists(f"{self._doc_dir(doc_id)}/{DOCUMENT}")
+
     def text(self, doc_id: str) -> str:
-        if not self.variants(doc_id):
-            raise StoreError(f"unknown document id {doc_id} in store {self.uri}")
-        return self._read_text(f"{self._doc_dir(doc_id)}/{DOCUMENT}")
+        """The document's normalised text (there from the start of its first absorb)."""
+        try:
+            return self._read_text(f"{self._doc_dir(doc_id)}/{DOCUMENT}")
+        except FileNotFoundError:
+            raise StoreError(f"unknown document id {doc_id} in store {self.uri}") from None
 
     def list_docs(self) -> list[dict[str, Any]]:
         """One row per visible document: id, variants, token count, alias and title from the source, created time."""
@@ -376,6 +385,16 @@ class AdapterStore:
         for name, data in sorted(files.items(), key=lambda item: item[0] == RETRIEVAL_MARKER):
             self._write_bytes(f"{base}/{name}", data)
 
+    def put_document(self, doc_id: str, text: str) -> None:
+        """Keep the document's text (once: the id is its hash). Readable by icl and rag from now on;
+        listed once an adapter is published."""
+        doc_id = check_doc_id(doc_id)
+        if doc_id_for(text) != doc_id:
+            raise StoreError("text does not hash to the doc_id")
+        path = f"{self._doc_dir(doc_id)}/{DOCUMENT}"
+        if not self.fs.exists(path):
+            self._write_bytes(path, text.encode("utf-8"))
+
     def put_aux_qa(self, doc_id: str, key: str, payload: str) -> None:
         """Keep a document's auxiliary QA report (written before training; invisible until a manifest exists)."""
         self._write_bytes(self._aux_qa_path(doc_id, key), payload.encode("utf-8"))
@@ -425,17 +444,22 @@ class AdapterStore:
         manifest_path = f"{adapter_dir}/{MANIFEST}"
         if self.fs.exists(manifest_path):  # retrain: hide the old entry before touching its files
             self.fs.rm(manifest_path)
-        doc_path = f"{self._doc_dir(doc_id)}/{DOCUMENT}"
-        if not self.fs.exists(doc_path):
-            self._write_bytes(doc_path, text.encode("utf-8"))
+        self.put_document(doc_id, text)
         for name in manifest.files:
             self._put_file(Path(files_dir) / name, f"{adapter_dir}/{name}")
         self._write_bytes(manifest_path, manifest.model_dump_json(indent=2).encode("utf-8"))
 
     def delete(self, doc_id: str, variant: str | None = None) -> list[str]:
-        """Delete one variant, or the whole document; manifests go first. Returns the variants removed."""
+        """Delete one variant, or the whole document; manifests go first. Returns the variants removed.
+
+        A document with no adapter (its absorb is running, or failed) is deleted with its text; an
+        absorb still running publishes it again when it ends.
+        """
         variants = [check_variant(variant)] if variant else self.variants(doc_id)
         if not variants:
+            if variant is None and self.has_document(doc_id):
+                self.fs.rm(self._doc_dir(doc_id), recursive=True)
+                return []
             raise StoreError(f"unknown document id {doc_id} in store {self.uri}")
         for v in variants:
             if not self.has(doc_id, v):

@@ -197,6 +197,42 @@ def test_manifest_cache_sees_publish_and_delete_by_another_process(make_engine, 
     assert engine.answer("Who?", lora[0], "lift").answer == first.answer
 
 
+def test_a_document_being_absorbed_answers_in_the_base_modes_until_its_adapter_is_published(make_engine, absorbed, tmp_path):
+    """An absorb stores the text first: icl and rag answer from it, lift+icl and lift+rag as those two
+    (and say why), lift and a named variant wait; the published adapter answers without a restart."""
+    import shutil
+
+    from conftest import drain
+    from lift_ray.modes import NO_ADAPTER_YET
+
+    loaded, cfg, uri, lora, _ = absorbed
+    doc, question = lora[0], QUESTIONS[0]
+    copy = tmp_path / "store"
+    absorbing = AdapterStore(str(copy))  # another process, between storing the text and publishing
+    absorbing.put_document(doc, AdapterStore(uri).text(doc))
+    engine, reference = make_engine(uri=str(copy)), make_engine()
+    for mode, base in (("icl", "icl"), ("rag", "rag"), ("lift+icl", "icl"), ("lift+rag", "rag")):
+        ans = engine.answer(question, doc, mode)
+        assert (ans.mode, ans.answered_as, ans.variant) == (mode, base, None)
+        assert ans.answered_as_reason == (NO_ADAPTER_YET if mode != base else None)
+        assert ans.answer == reference.answer(question, doc, base).answer
+        pieces, streamed = drain(engine.stream_answer(question, doc, mode))
+        assert (streamed.answer, streamed.answered_as_reason) == (ans.answer, ans.answered_as_reason)
+    with pytest.raises(StoreError, match="no adapter yet"):
+        engine.answer(question, doc, "lift")
+    variant = AdapterStore(uri).variants(doc)[0]
+    with pytest.raises(StoreError, match="has no adapter"):
+        engine.answer(question, doc, "lift+rag", variant=variant)
+    with pytest.raises(StoreError, match="unknown document"):  # no text: not being absorbed either
+        engine.answer(question, lora[1], "rag")
+    assert absorbing.list_docs() == []
+    shutil.copytree(f"{uri}/docs/{doc}/adapters", copy / "docs" / doc / "adapters")  # published
+    ans = engine.answer(question, doc, "lift+icl")
+    assert (ans.answered_as, ans.answered_as_reason, ans.variant) == ("lift+icl", None, variant)
+    engine.detach()  # one base model: one engine's adapters at a time
+    assert ans.answer == reference.answer(question, doc, "lift+icl").answer
+
+
 def test_corrupt_adapter_fails_only_its_own_rows(make_engine, absorbed, tmp_path):
     loaded, cfg, uri, lora, gated = absorbed
     import shutil

@@ -12,7 +12,7 @@ from lift_ray.retrieval import (
     RetrievalIndex, answer_in_view, chunk_spans, distinctive_match, evidence_in_view, in_head_tail_view, index_key, retrieved_view,
     sentence_ends, view_backs_answer,
 )
-from lift_ray.store import AdapterStore, RETRIEVAL_MARKER
+from lift_ray.store import AdapterStore, RETRIEVAL_MARKER, doc_id_for
 from lift_ray.text import normalize_text
 
 FILLER = [
@@ -173,9 +173,18 @@ def test_rag_puts_the_middle_chunk_holding_the_answer_in_the_prompt(engine):
 
 def test_absorb_stores_the_index_and_an_old_document_gets_one_on_first_use(engine):
     text = _document(30)
-    result = engine.absorb(text, progress=False)
     r = engine.config.retrieval
     key = index_key(engine.loaded.model_id, r.chunk_tokens, r.overlap_tokens)
+    before_training = []
+
+    def stored(event):  # the text and the index are there before the first epoch; the document is not listed
+        if event.stage == "qa":
+            doc = doc_id_for(text)
+            before_training.append((engine.store.text(doc) == text, engine.store.retrieval_index(doc, key) is not None,
+                                    engine.store.variants(doc)))
+
+    result = engine.absorb(text, progress=False, on_progress=stored)
+    assert before_training == [(True, True, [])]
     files = engine.store.retrieval_index(result.doc_id, key)
     assert files is not None and RETRIEVAL_MARKER in files
     # a document absorbed before retrieval existed: its index is built on first use and stored

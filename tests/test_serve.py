@@ -303,6 +303,8 @@ def test_posted_document_is_absorbed_outside_replicas_then_listed_and_deleted(se
     assert status == 202 and job["status"] in ("queued", "absorbing") and headers["location"].endswith(job["id"])
     doc = job["doc_id"]
     assert doc not in {m.id for m in client.models.list().data}
+    # stored with the POST: retrieval answers by alias at once, whatever the job's state
+    assert _ask(client, "lighthouse", "rag").choices[0].message.content == reference(doc, "rag").answer
     seen = set()
 
     def done():
@@ -327,6 +329,37 @@ def test_posted_document_is_absorbed_outside_replicas_then_listed_and_deleted(se
 
     handle = serve.get_deployment_handle("LiftModel", app_name="open")
     _wait_until(lambda: all(k[0] != doc for k in handle.resident.remote().result()), 30)
+
+
+def test_a_document_being_absorbed_answers_in_the_base_modes(server, store_dir, reference):
+    """Its text is stored when the absorb starts (or the POST arrives): icl and rag answer from it,
+    lift+icl and lift+rag answer as those two and say why, lift waits for the adapter (409)."""
+    from lift_ray.infer import doc_id_for
+    from lift_ray.modes import NO_ADAPTER_YET
+    from lift_ray.store import AdapterStore
+    from lift_ray.text import normalize_text
+
+    root, *_ = store_dir
+    text = normalize_text("The ferry to Skellmoor leaves at dawn. Its captain is Odile Fenwarren. " * 3)
+    doc = doc_id_for(text)
+    store = AdapterStore(str(root / "store"))
+    store.put_document(doc, text)  # what an absorb in another process has done before it trains
+    client = _client(server)
+    for mode, base in (("rag", "rag"), ("icl", "icl"), ("lift+rag", "rag"), ("lift+icl", "icl")):
+        resp = _ask(client, doc, mode)
+        assert resp.choices[0].message.content == reference(doc, base).answer
+        lift = resp.model_extra["lift"]
+        assert lift["variant"] is None and lift["answered_as"] == base
+        assert lift["answered_as_reason"] == (NO_ADAPTER_YET if mode != base else None)
+    status, body, headers = _request("POST", f"{server}/v1/chat/completions", {
+        "model": doc, "messages": [{"role": "user", "content": QUESTION}], "lift_mode": "lift"})
+    assert status == 409 and body["error"]["code"] == "adapter_not_ready" and "retry-after" in headers
+    assert doc not in {m.id for m in client.models.list().data}  # listed once its adapter is published
+    status, body, _ = _request("DELETE", f"{server}/v1/documents/{doc}")  # an absorb that failed leaves no way in
+    assert status == 200 and body["variants"] == [] and not store.has_document(doc)
+    status, body, _ = _request("POST", f"{server}/v1/chat/completions", {
+        "model": doc, "messages": [{"role": "user", "content": QUESTION}], "lift_mode": "rag"})
+    assert status == 404
 
 
 def test_a_corrupt_adapter_fails_its_document_only(server, store_dir, reference):

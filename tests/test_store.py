@@ -83,6 +83,27 @@ def test_publish_list_show_delete(tmp_path):
     assert not (tmp_path / "store" / "docs" / m.doc_id).exists()
 
 
+def test_the_text_is_readable_before_any_adapter_and_listed_only_with_one(tmp_path):
+    """An absorb stores the text before training (icl and rag read it); the manifest lists the document."""
+    store = AdapterStore(str(tmp_path / "store"))
+    doc = doc_id_for(TEXT)
+    assert not store.has_document(doc)
+    store.put_document(doc, TEXT)
+    store.put_document(doc, TEXT)  # once: the id is the text's hash
+    assert store.has_document(doc) and store.text(doc) == TEXT
+    assert store.list_docs() == [] and store.variants(doc) == []
+    with pytest.raises(StoreError, match="does not hash"):
+        store.put_document(doc, TEXT + " More.")
+    m, files = _manifest(tmp_path)
+    store.publish(m, TEXT, files)
+    assert [r["doc_id"] for r in store.list_docs()] == [doc]
+    assert store.delete(doc) == [m.variant] and not store.has_document(doc)
+    store.put_document(doc, TEXT)  # an absorb that failed: deleted with its text
+    assert store.delete(doc) == [] and not store.has_document(doc)
+    with pytest.raises(StoreError, match="unknown document"):
+        store.delete(doc)
+
+
 def test_entry_without_manifest_is_invisible(tmp_path):
     """A crash after the weights but before the manifest leaves nothing visible."""
     store = AdapterStore(str(tmp_path / "store"))

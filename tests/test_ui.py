@@ -180,8 +180,16 @@ def test_a_lift_rag_answer_given_as_rag_says_why():
     from ui.backends import Usage
     from ui.view import usage_markdown
 
-    line = usage_markdown(Usage(prompt_tokens=90, completion_tokens=12, seconds=1.5, first_piece_seconds=1.2, answered_as="rag"))
-    assert "answered as RAG: the retrieved chunks did not back the adapter's answer" in line
+    from lift_ray.modes import NO_ADAPTER_YET, NOT_BACKED
+
+    def line(**kw):
+        return usage_markdown(Usage(prompt_tokens=90, completion_tokens=12, seconds=1.5, first_piece_seconds=1.2, **kw))
+
+    backed = "answered as RAG: the retrieved chunks did not back the adapter's answer"
+    assert backed in line(answered_as="rag", answered_as_reason=NOT_BACKED)
+    assert backed in line(answered_as="rag")  # a server from before the reason existed
+    assert "answered as RAG: the document's adapter is still being trained" in line(answered_as="rag", answered_as_reason=NO_ADAPTER_YET)
+    assert "answered as ICL: the document's adapter is still being trained" in line(answered_as="icl", answered_as_reason=NO_ADAPTER_YET)
 
 
 def test_document_view_highlights_the_engines_window(absorbed, app, engine):

@@ -68,6 +68,7 @@ class Usage:
     seconds: float  # request to last piece
     first_piece_seconds: float | None  # request to first piece (time to first token)
     answered_as: str | None = None  # set when another mode answered (lift+icl as icl, lift+rag as rag: view.ANSWERED_AS_WHY)
+    answered_as_reason: str | None = None  # why (lift_ray.modes.EVIDENCE_IN_WINDOW, NOT_BACKED, NO_ADAPTER_YET)
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -210,8 +211,9 @@ class LocalBackend:
             except Exception:  # noqa: BLE001 (the reader has gone; nothing to report to)
                 pass
             self._lock.release()
+        other = answer.answered_as != mode
         return Usage(answer.prompt_tokens, answer.new_tokens, time.perf_counter() - start, first,
-                     answer.answered_as if answer.answered_as != mode else None)
+                     answer.answered_as if other else None, answer.answered_as_reason if other else None)
 
     def document_view(self, doc_id: str) -> DocumentView | None:
         from lift_ray.evaluate.data import view_char_ranges
@@ -402,8 +404,9 @@ class HttpBackend:
         except httpx.HTTPError as exc:
             raise BackendError(f"the Serve API at {self.base} does not answer ({type(exc).__name__}: {exc})") from None
         answered_as = lift.get("answered_as")
+        other = answered_as != mode
         return Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"), time.perf_counter() - start, first,
-                     answered_as if answered_as != mode else None)
+                     answered_as if other else None, lift.get("answered_as_reason") if other else None)
 
     def document_view(self, doc_id: str) -> DocumentView | None:
         """The view of a document absorbed from this page (the API serves no document text)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-from lift_ray.modes import MODE_TITLES
+from lift_ray.modes import EVIDENCE_IN_WINDOW, MODE_TITLES, NO_ADAPTER_YET, NOT_BACKED
 
 from ui.backends import DocumentView, Usage
 
@@ -77,16 +77,18 @@ def usage_markdown(usage: Usage | None, *, running: bool = False) -> str:
         rate = usage.tokens_per_second
         parts.append(f"{usage.completion_tokens} tokens" + (f", {rate:.1f} tok/s" if rate else ""))
     if usage.answered_as:
-        why = ANSWERED_AS_WHY.get(usage.answered_as, "")
+        why = ANSWERED_AS_WHY.get(getattr(usage, "answered_as_reason", None) or LEGACY_REASON.get(usage.answered_as), "")
         parts.append(f"answered as {MODE_TITLES.get(usage.answered_as, usage.answered_as)}" + (f": {why}" if why else ""))
     return " · ".join(parts)
 
 
-# why an adapted mode's question was answered in another mode (lift_ray.infer.Answer.answered_as)
+# why an adapted mode's question was answered in another mode (lift_ray.infer.Answer.answered_as_reason)
 ANSWERED_AS_WHY = {
-    "icl": "the window shows the evidence",
-    "rag": "the retrieved chunks did not back the adapter's answer",
+    EVIDENCE_IN_WINDOW: "the window shows the evidence",
+    NOT_BACKED: "the retrieved chunks did not back the adapter's answer",
+    NO_ADAPTER_YET: "the document's adapter is still being trained",
 }
+LEGACY_REASON = {"icl": EVIDENCE_IN_WINDOW, "rag": NOT_BACKED}  # servers that sent answered_as without a reason
 
 
 def niah_rows(results: dict) -> tuple[list[str], list[list]]:

@@ -138,7 +138,7 @@ def completion_id() -> str:
 
 def lift_info(result: dict[str, Any]) -> dict[str, Any]:
     return {"doc_id": result["doc_id"], "variant": result["variant"], "mode": result["mode"], "view": result.get("view"),
-            "answered_as": result.get("answered_as")}
+            "answered_as": result.get("answered_as"), "answered_as_reason": result.get("answered_as_reason")}
 
 
 def usage(prompt_tokens: int, new_tokens: int) -> dict[str, int]:

@@ -53,6 +53,8 @@ def error_result(exc: BaseException) -> dict[str, Any]:
     elif isinstance(exc, QuestionError):
         code = "context_length_exceeded" if "does not fit" in message else "invalid_value"
         err = api.ApiError(400, message, param="messages", code=code)
+    elif isinstance(exc, StoreError) and "no adapter yet" in message:  # absorbing: icl and rag answer already
+        err = api.ApiError(409, message, param="model", code="adapter_not_ready", headers={"Retry-After": "30"})
     elif isinstance(exc, StoreError) and ("unknown document" in message or "has no adapter" in message):
         err = api.ApiError(404, message, param="model", code="model_not_found")
     elif isinstance(exc, (StoreError, AdapterError, ConfigError)):  # corrupt or mismatched adapter: this document only
@@ -137,9 +139,15 @@ class LiftModel:
 
     async def _ensure_adapter(self, request: dict[str, Any]) -> None:
         from lift_ray.modes import uses_adapter
+        from lift_ray.store import StoreError
 
         if uses_adapter(request["mode"]):
-            await self._adapter(serve.get_multiplexed_model_id())
+            try:
+                await self._adapter(serve.get_multiplexed_model_id())
+            except StoreError:
+                # No adapter to load: the engine answers in the base mode while the document is being
+                # absorbed, and says what is missing otherwise.
+                pass
 
     async def _answer_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from lift_ray.infer import Answer, Question
@@ -241,6 +249,12 @@ class DocumentJobs:
         with self._lock:
             jobs = [j for j in self.jobs.values() if j["doc_id"] == doc_id]
             return dict(max(jobs, key=lambda j: j["created"])) if jobs else None
+
+    def doc_for_alias(self, alias: str) -> str | None:
+        """The document of the latest job that has not failed with this alias (asked about while absorbing)."""
+        with self._lock:
+            jobs = [j for j in self.jobs.values() if j["alias"] == alias and j["status"] != "failed"]
+            return max(jobs, key=lambda j: j["created"])["doc_id"] if jobs else None
 
     def _update(self, job_id: str, **fields: Any) -> None:
         with self._lock:
@@ -360,6 +374,17 @@ class LiftIngress:
             self._jobs = actor.remote(self.args.model_dump())
         return self._jobs
 
+    def _existing_jobs(self):
+        """The jobs actor if any ingress replica has started it, else None (asking must not start one)."""
+        import ray
+
+        if self._jobs is None:
+            try:
+                self._jobs = ray.get_actor(f"{self.args.name}-documents", namespace="lift-ray")
+            except ValueError:
+                return None
+        return self._jobs
+
     async def _body(self, request: Request) -> bytes:
         limit = self.args.max_request_bytes
         chunks, size = [], 0
@@ -396,8 +421,8 @@ class LiftIngress:
                         return doc, variant
                 except StoreError:  # not a variant's shape: no such model
                     pass
-            elif await asyncio.to_thread(self.store.variants, doc):
-                return doc, None
+            elif await asyncio.to_thread(self.store.variants, doc) or await asyncio.to_thread(self.store.has_document, doc):
+                return doc, None  # the second: POSTed and not absorbed yet (icl and rag answer)
             raise api.model_not_found(model)
         if model == self.base_model_id:
             raise api.ApiError(400, f"{model!r} is the base model: ask about a document (model = its id or alias)",
@@ -406,6 +431,10 @@ class LiftIngress:
             hits = [r["doc_id"] for r in await self._docs(max_age) if r.get("alias") == model]
             if hits:
                 return hits[0], None
+        jobs = self._existing_jobs()  # an alias POSTed and not absorbed yet (no actor: nothing was POSTed)
+        pending = await jobs.doc_for_alias.remote(model) if jobs is not None else None
+        if pending is not None and await asyncio.to_thread(self.store.has_document, pending):
+            return pending, None
         raise api.model_not_found(model)
 
     async def _call(self, response):
@@ -500,7 +529,10 @@ class LiftIngress:
             text = check_document_text(req.text, self.config.segments.max_document_chars)
         except DocumentError as exc:
             raise api.ApiError(400, str(exc), param="text", code="invalid_document") from None
-        job = await self.jobs.submit.remote(api.new_job_id(), doc_id_for(text), text, req.alias, req.title)
+        doc_id = doc_id_for(text)
+        # Stored now, so icl and rag answer while the job waits and trains (adapted modes: as those two).
+        await asyncio.to_thread(self.store.put_document, doc_id, text)
+        job = await self.jobs.submit.remote(api.new_job_id(), doc_id, text, req.alias, req.title)
         return JSONResponse(job, status_code=202, headers={"Location": f"/v1/documents/{job['id']}"})
 
     @app.get("/v1/documents/{doc}")
