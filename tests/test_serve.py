@@ -186,7 +186,8 @@ def test_chat_answers_from_the_documents_adapter(server, store_dir, reference, m
         assert resp.choices[0].finish_reason == ref.finish_reason
         assert resp.usage.prompt_tokens == ref.prompt_tokens and resp.usage.completion_tokens == ref.new_tokens
         lift = resp.model_dump()["lift"]
-        assert lift == {"doc_id": doc, "variant": ref.variant, "mode": mode, "view": ref.view, "answered_as": ref.answered_as}
+        assert lift == {"doc_id": doc, "variant": ref.variant, "mode": mode, "view": ref.view, "answered_as": ref.answered_as,
+                        "answered_as_reason": ref.answered_as_reason}
 
 
 def test_alias_and_variant_address_the_same_document(server, store_dir, reference):
