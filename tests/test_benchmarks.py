@@ -5,7 +5,7 @@ from pathlib import Path
 
 from conftest import LONG_TEXT
 from lift_ray.infer import LiftEngine
-from lift_ray.store import AdapterStore
+from lift_ray.store import AdapterStore, doc_id_for
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -65,3 +65,33 @@ def test_quality_keeps_adapters_in_a_store_and_answers_again_without_training(ti
     # the tables score replies whole and by their first 10 words
     assert "answer anywhere in the reply" in printed[1] and "answer in the reply's first 10 words" in printed[1]
     assert printed[1].count("Documents where LIFT+ICL answers fewer inside-window questions than ICL") == 2
+
+
+def test_first_answer_comes_once_the_absorb_has_stored_the_text(tiny_loaded, tiny_config, tmp_path):
+    """It asks until the absorbing process has stored the document, and reports a failed absorb."""
+    import pytest
+
+    from lift_ray.modes import NO_ADAPTER_YET
+    from lift_ray.text import normalize_text
+
+    bench = _load("first_answer")
+    store = AdapterStore(str(tmp_path / "store"))
+    engine = LiftEngine(tiny_loaded, tiny_config, store)
+    text = normalize_text(LONG_TEXT)
+    doc_id = doc_id_for(text)
+
+    class Absorbing:  # stores the text on its third poll, as an absorb does before it trains
+        def __init__(self, exit_code=None):
+            self.polls, self.returncode = 0, exit_code
+
+        def poll(self):
+            self.polls += 1
+            if self.polls == 3 and self.returncode is None:
+                store.put_document(doc_id, text)
+            return self.returncode
+
+    absorbing = Absorbing()
+    ans, _ = bench.first_answer(engine, doc_id, "Who kept the lighthouse?", "lift+rag", absorbing, poll=0.0)
+    assert absorbing.polls == 3 and (ans.answered_as, ans.answered_as_reason) == ("rag", NO_ADAPTER_YET)
+    with pytest.raises(RuntimeError, match="absorb failed"):
+        bench.first_answer(engine, doc_id_for("another text"), "Who?", "lift+rag", Absorbing(exit_code=1), poll=0.0)
