@@ -77,7 +77,7 @@ def usage_markdown(usage: Usage | None, *, running: bool = False) -> str:
         rate = usage.tokens_per_second
         parts.append(f"{usage.completion_tokens} tokens" + (f", {rate:.1f} tok/s" if rate else ""))
     if usage.answered_as:
-        why = ANSWERED_AS_WHY.get(getattr(usage, "answered_as_reason", None) or LEGACY_REASON.get(usage.answered_as), "")
+        why = ANSWERED_AS_WHY.get(usage.answered_as_reason or LEGACY_REASON.get(usage.answered_as), "")
         parts.append(f"answered as {MODE_TITLES.get(usage.answered_as, usage.answered_as)}" + (f": {why}" if why else ""))
     return " · ".join(parts)
 

@@ -144,10 +144,11 @@ class LiftModel:
         if uses_adapter(request["mode"]):
             try:
                 await self._adapter(serve.get_multiplexed_model_id())
-            except StoreError:
-                # No adapter to load: the engine answers in the base mode while the document is being
-                # absorbed, and says what is missing otherwise.
-                pass
+            except StoreError as exc:
+                # No manifest: the engine answers in the base mode while the document is being absorbed,
+                # and says what is missing otherwise. A damaged adapter fails here, once.
+                if "unknown document" not in str(exc):
+                    raise
 
     async def _answer_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from lift_ray.infer import Answer, Question
@@ -421,8 +422,8 @@ class LiftIngress:
                         return doc, variant
                 except StoreError:  # not a variant's shape: no such model
                     pass
-            elif await asyncio.to_thread(self.store.variants, doc) or await asyncio.to_thread(self.store.has_document, doc):
-                return doc, None  # the second: POSTed and not absorbed yet (icl and rag answer)
+            elif await asyncio.to_thread(self.store.has_document, doc):
+                return doc, None  # absorbed, or POSTed and not absorbed yet (icl and rag answer): the text is there
             raise api.model_not_found(model)
         if model == self.base_model_id:
             raise api.ApiError(400, f"{model!r} is the base model: ask about a document (model = its id or alias)",
