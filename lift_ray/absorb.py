@@ -20,7 +20,7 @@ from lift_ray.adapters import attach_adapter
 from lift_ray.config import LiftConfig
 from lift_ray.model import LoadedModel
 from lift_ray.aux_qa import QAPair, generate_report, make_generator, parse_report, qa_samples
-from lift_ray.retrieval import RetrievalIndex, index_key, retrieved_view
+from lift_ray.retrieval import RetrievalIndex, focus_separator_ids, index_key, retrieved_view
 from lift_ray.segments import Sample, chat_format, segment_samples
 from lift_ray.store import AdapterStore, BaseModelRef, Manifest, TrainMetrics, doc_id_for, now_iso, sha256_file, variant_id
 from lift_ray.text import DocumentError, check_document_text, decode_document, read_document  # noqa: F401  (absorb's input errors)
@@ -152,9 +152,10 @@ def absorb_document(
     report(AbsorbProgress("qa"))
     pairs = auxiliary_pairs(loaded, text, doc_id, cfg, store)
     mixin_ids = tok(seg.mixin, add_special_tokens=False)["input_ids"]
+    focus_ids = focus_separator_ids(tok, r)
 
     def retrieved(question: str) -> list[int]:  # the view a rag / lift+rag answer to this question reads
-        return retrieved_view(index, doc_tokens, question, seg.context_window, mixin_ids, r.head_tail_share).ids
+        return retrieved_view(index, doc_tokens, question, seg.context_window, mixin_ids, r.head_tail_share, focus_ids).ids
 
     qa = [
         sample

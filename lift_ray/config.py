@@ -358,6 +358,11 @@ class RetrievalConfig(_Base):
         0.0, ge=0.0, lt=1.0,
         description="Share of W kept for the document's head and tail around the retrieved chunks (0: chunks only).",
     )
+    focus_sentence: bool = Field(
+        True,
+        description="Repeat the document's sentence that best matches the question (idf of the question's words) after "
+        "the chunks, next to the question; the chunks get the rest of W. A 135M model reads what is nearest the question best.",
+    )
 
     @model_validator(mode="after")
     def _overlap_below_chunk(self) -> "RetrievalConfig":

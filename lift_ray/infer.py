@@ -37,7 +37,9 @@ from lift_ray.modes import (
 from lift_ray.model import LoadedModel, inspect_model, load_model, pick_device
 from lift_ray.segments import ChatFormat, build_prompt_ids, chat_format, normalize_text, question_content, truncate_middle
 from lift_ray.resident import ManifestCache, ResidentAdapter, ResidentAdapters, fetch_adapter
-from lift_ray.retrieval import RetrievalIndex, distinctive_match, evidence_in_view, index_key, retrieved_view, view_backs_answer
+from lift_ray.retrieval import (
+    RetrievalIndex, distinctive_match, evidence_in_view, focus_separator_ids, index_key, retrieved_view, view_backs_answer,
+)
 from lift_ray.store import AdapterStore, Manifest, StoreError, doc_id_for
 
 _INDEX_CACHE = 32  # retrieval indexes kept in memory (they are small: a few KB per document)
@@ -421,7 +423,7 @@ class LiftEngine:
         if kind == HEAD_TAIL:
             return truncate_middle(doc_tokens, window, self._mixin_ids), HEAD_TAIL
         view = retrieved_view(self.retrieval_index(doc_id, text), doc_tokens, question, window, self._mixin_ids,
-                              self.config.retrieval.head_tail_share)
+                              self.config.retrieval.head_tail_share, focus_separator_ids(self.loaded.tokenizer, self.config.retrieval))
         return view.ids, view.kind
 
     def evidence_in_view(self, doc_id: str, text: str | None, question: str, window: int) -> bool:

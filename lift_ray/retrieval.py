@@ -6,7 +6,9 @@ is cut into overlapping token chunks (ends snapped back to a sentence end where 
 indexed with BM25 (``bm25s``, English stopwords, Snowball stemming) once per document at absorb
 time, and kept in the store beside the document. For a question, the best-scoring chunks that fit
 the window are placed in document order, joined by the mixin where they are not contiguous;
-optionally a share of W keeps the head…tail view's head and tail around them.
+optionally a share of W keeps the head…tail view's head and tail around them. The document's
+sentence that best matches the question is repeated after the chunks, next to the question
+(``retrieval.focus_sentence``): a 135M model reads the text nearest the question best.
 
 A question that shares no indexed word with the document gets the head…tail view instead (and the
 answer says so), never an empty window.
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from lift_ray.store import RETRIEVAL_MARKER as CHUNKS_FILE  # the file the store writes last
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: sentences and their stems, for the focus sentence
 _SENTENCE_END = re.compile(r"[.!?:;][\"'”’)\]]*$")
 
 
@@ -35,6 +37,7 @@ class RetrievedView:
     ids: list[int]
     kind: str  # "retrieved", or "head_tail" when no chunk matched the question
     chunks: tuple[tuple[int, int], ...] = ()  # token spans placed in the window, in document order
+    focus: tuple[int, int] | None = None  # the sentence repeated after the chunks, if any
 
 
 def index_key(model_id: str, chunk_tokens: int, overlap_tokens: int) -> str:
@@ -77,6 +80,18 @@ def chunk_spans(n_tokens: int, chunk_tokens: int, overlap_tokens: int, ends: lis
     return spans
 
 
+def sentence_spans(ends: list[bool]) -> list[tuple[int, int]]:
+    """``[start, end)`` token spans of the sentences (and lines) that ``ends`` marks, covering every token."""
+    spans, start = [], 0
+    for i, end in enumerate(ends):
+        if end:
+            spans.append((start, i + 1))
+            start = i + 1
+    if start < len(ends):
+        spans.append((start, len(ends)))
+    return spans
+
+
 def _bm25_tokens(texts: list[str]) -> list[list[str]]:
     import bm25s
     import Stemmer
@@ -90,11 +105,16 @@ class RetrievalIndex:
     Args:
         spans: the chunks' token spans in the document.
         bm25: a ``bm25s.BM25`` indexed on the chunk texts in the same order.
+        sentences: the document's sentences as token spans, and ``sentence_stems`` their content words
+            (:func:`_content_stems`), to find the sentence a question points at.
     """
 
-    def __init__(self, spans: list[tuple[int, int]], bm25):
+    def __init__(self, spans: list[tuple[int, int]], bm25, sentences: list[tuple[int, int]] = (),
+                 sentence_stems: list[list[str]] = ()):
         self.spans = spans
         self.bm25 = bm25
+        self.sentences = list(sentences)
+        self.sentence_stems = [set(s) for s in sentence_stems]
 
     @classmethod
     def build(cls, text: str, tokenizer, chunk_tokens: int, overlap_tokens: int) -> "RetrievalIndex":
@@ -103,11 +123,14 @@ class RetrievalIndex:
 
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         offsets = [tuple(o) for o in enc["offset_mapping"]]
-        spans = chunk_spans(len(offsets), chunk_tokens, overlap_tokens, sentence_ends(text, offsets))
+        ends = sentence_ends(text, offsets)
+        spans = chunk_spans(len(offsets), chunk_tokens, overlap_tokens, ends)
         texts = [text[offsets[s][0] : offsets[e - 1][1]] for s, e in spans]
         bm25 = bm25s.BM25()
         bm25.index(_bm25_tokens(texts), show_progress=False)
-        return cls(spans, bm25)
+        sentences = sentence_spans(ends)
+        stems = [sorted(_content_stems(text[offsets[s][0] : offsets[e - 1][1]])) for s, e in sentences]
+        return cls(spans, bm25, sentences, stems)
 
     def scores(self, question: str) -> list[float]:
         """BM25 score of every chunk for ``question`` (words the document lacks score nothing)."""
@@ -117,12 +140,36 @@ class RetrievalIndex:
             return [0.0] * len(self.spans)
         return [float(x) for x in self.bm25.get_scores(words)]
 
+    def idf(self, stems: set[str]) -> dict[str, float]:
+        """BM25's idf over the document's chunks of each of ``stems`` the document has."""
+        n = len(self.spans)
+        out = {}
+        for w in stems & self.bm25.vocab_dict.keys():
+            df = sum(s > 0 for s in self.bm25.get_scores([w]))
+            out[w] = math.log(1 + (n - df + 0.5) / (df + 0.5))
+        return out
+
+    def best_sentence(self, question: str) -> tuple[int, int] | None:
+        """Token span of the sentence whose question words weigh most (idf), the shorter on a tie;
+        None when no sentence holds a question word."""
+        asked = _content_stems(question)
+        idf = self.idf(asked)
+        best, best_key = None, (0.0, 0)
+        for span, stems in zip(self.sentences, self.sentence_stems):
+            key = (sum(idf.get(w, 0.0) for w in stems & asked), span[0] - span[1])
+            if key[0] > 0 and key > best_key:
+                best, best_key = span, key
+        return best
+
     # --- files (kept in the store beside the document) -----------------------------------------
     def to_files(self) -> dict[str, bytes]:
         with tempfile.TemporaryDirectory(prefix="lift-ray-bm25-") as tmp:
             self.bm25.save(tmp, show_progress=False)
             files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
-        files[CHUNKS_FILE] = json.dumps({"version": INDEX_VERSION, "spans": self.spans}).encode()
+        files[CHUNKS_FILE] = json.dumps({
+            "version": INDEX_VERSION, "spans": self.spans, "sentences": self.sentences,
+            "sentence_stems": [sorted(s) for s in self.sentence_stems],
+        }).encode()
         return files
 
     @classmethod
@@ -136,7 +183,7 @@ class RetrievalIndex:
             for name, data in files.items():
                 (Path(tmp) / name).write_bytes(data)
             bm25 = bm25s.BM25.load(tmp)
-        return cls([tuple(s) for s in meta["spans"]], bm25)
+        return cls([tuple(s) for s in meta["spans"]], bm25, [tuple(s) for s in meta["sentences"]], meta["sentence_stems"])
 
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -230,12 +277,7 @@ def view_backs_answer(index: RetrievalIndex, question: str, answer: str, view_te
     asked = _content_stems(question)
     if not _content_stems(answer) - asked:
         return False
-    n = len(index.spans)
-    vocab = index.bm25.vocab_dict
-    idf = {}
-    for w in asked & vocab.keys():
-        df = sum(s > 0 for s in index.bm25.get_scores([w]))
-        idf[w] = math.log(1 + (n - df + 0.5) / (df + 0.5))
+    idf = index.idf(asked)
     sentences = [s for s in _VIEW_SENTENCE.split(view_text) if s.strip()]
     weights = [sum(idf.get(w, 0.0) for w in _content_stems(s) & asked) for s in sentences]
     held = max((wt for s, wt in zip(sentences, weights) if answer_in_view(answer, s)), default=None)
@@ -262,6 +304,13 @@ def evidence_in_view(index: RetrievalIndex, question: str, n_tokens: int, window
     return best_shown > 0 and best_shown >= ratio * best_left_out
 
 
+def focus_separator_ids(tokenizer, retrieval_config) -> list[int] | None:
+    """Tokens between the chunks and the repeated sentence (a blank line); None when ``focus_sentence`` is off."""
+    if not retrieval_config.focus_sentence:
+        return None
+    return tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+
+
 def retrieved_view(
     index: RetrievalIndex,
     doc_tokens: list[int],
@@ -269,8 +318,10 @@ def retrieved_view(
     window: int,
     mixin_ids: list[int],
     head_tail_share: float = 0.0,
+    focus_separator_ids: list[int] | None = None,
 ) -> RetrievedView:
-    """The question's view: the best chunks that fit ``window`` tokens, in document order.
+    """The question's view: the best chunks that fit ``window`` tokens, in document order, and the
+    sentence the question points at repeated after them.
 
     Args:
         index: the document's chunks and BM25 index.
@@ -279,15 +330,35 @@ def retrieved_view(
         window: W, the view's token budget (the result never exceeds it).
         mixin_ids: tokens that mark left-out text.
         head_tail_share: fraction of W kept for the document's head and tail around the chunks.
+        focus_separator_ids: when given, the document's best-matching sentence
+            (:meth:`RetrievalIndex.best_sentence`) follows the chunks after these tokens, the chunks
+            getting what is left of W; a sentence longer than half of W is not repeated.
 
     Returns:
         The view; ``kind`` is "head_tail" (the plain truncated view) when no chunk shares a word
         with the question, or when the whole document fits the window.
     """
-    from lift_ray.segments import truncate_middle
-
     if len(doc_tokens) <= window:
         return RetrievedView(list(doc_tokens), "head_tail", ((0, len(doc_tokens)),))
+    plain = _chunk_view(index, doc_tokens, question, window, mixin_ids, head_tail_share)
+    if focus_separator_ids is None or plain.kind != "retrieved":
+        return plain
+    focus = index.best_sentence(question)
+    if focus is None:
+        return plain
+    repeated = [*focus_separator_ids, *doc_tokens[focus[0] : focus[1]]]
+    if 2 * len(repeated) > window:
+        return plain
+    view = _chunk_view(index, doc_tokens, question, window - len(repeated), mixin_ids, head_tail_share)
+    if view.kind != "retrieved":
+        return plain
+    return dataclasses.replace(view, ids=[*view.ids, *repeated], focus=focus)
+
+
+def _chunk_view(index: RetrievalIndex, doc_tokens: list[int], question: str, window: int, mixin_ids: list[int],
+                head_tail_share: float) -> RetrievedView:
+    from lift_ray.segments import truncate_middle
+
     scores = index.scores(question)
     ranked = [i for i in sorted(range(len(scores)), key=lambda i: (-scores[i], i)) if scores[i] > 0]
     if not ranked:

@@ -95,3 +95,22 @@ def test_first_answer_comes_once_the_absorb_has_stored_the_text(tiny_loaded, tin
     assert absorbing.polls == 3 and (ans.answered_as, ans.answered_as_reason) == ("rag", NO_ADAPTER_YET)
     with pytest.raises(RuntimeError, match="absorb failed"):
         bench.first_answer(engine, doc_id_for("another text"), "Who?", "lift+rag", Absorbing(exit_code=1), poll=0.0)
+
+
+def test_retrieval_benchmark_buckets_an_eval_set_by_where_its_evidence_lies(tiny_loaded, tiny_config, tmp_path):
+    """Rows of a development set keep their own buckets; an eval set's questions go inside or beyond the
+    window as `lift-ray eval` puts them."""
+    import json
+
+    bench = _load("retrieval")
+    engine = LiftEngine(tiny_loaded, tiny_config, AdapterStore(tiny_config.store.uri))
+    eval_set = tmp_path / "set.jsonl"
+    eval_set.write_text(json.dumps({"id": "doc", "input": LONG_TEXT, "qa_pairs": [
+        {"Q": "What does sentence 29 say?", "A": "Marlowe 29."}, {"Q": "What does sentence 15 say?", "A": "Marlowe 15."}]}) + "\n")
+    [(doc, text, questions)] = bench._documents(eval_set, engine)
+    assert doc == "doc" and text == LONG_TEXT
+    assert [(q, where) for q, _, where in questions] == [("What does sentence 29 say?", "inside"), ("What does sentence 15 say?", "beyond")]
+    devset = tmp_path / "devset.jsonl"
+    devset.write_text(json.dumps({"id": "tiny-0", "style": "squad", "input": LONG_TEXT,
+                                  "qa_pairs": [{"Q": "Who?", "A": ["the keeper"], "where": "beyond"}]}) + "\n")
+    assert bench._documents(devset, engine) == [("tiny-0", LONG_TEXT, [("Who?", ["the keeper"], "beyond-squad")])]

@@ -99,6 +99,39 @@ def test_the_view_never_exceeds_the_window_and_keeps_document_order(tiny_loaded)
                         assert any(view.ids[i:i + e - s] == doc[s:e] for i in range(len(view.ids)))
 
 
+def test_the_best_sentence_is_the_one_the_rare_question_word_points_at(tiny_loaded):
+    tok = tiny_loaded.tokenizer
+    text = _document()
+    doc = tok(text, add_special_tokens=False)["input_ids"]
+    index = _index(tok, text)
+    assert sum(e - s for s, e in index.sentences) == len(doc)  # the sentences cover the document
+    start, end = index.best_sentence("What is the vault code of the lighthouse?")
+    assert tok.decode(doc[start:end]).strip() == "The vault code of the lighthouse is Zanthoric."
+    assert index.best_sentence("Quixotic xylophones?") is None
+
+
+def test_the_focus_sentence_follows_the_chunks_next_to_the_question_within_w(tiny_loaded):
+    tok = tiny_loaded.tokenizer
+    text = _document(60)
+    doc = tok(text, add_special_tokens=False)["input_ids"]
+    index, mixin = _index(tok, text), _mixin(tok)
+    separator = tok("\n\n", add_special_tokens=False)["input_ids"]
+    q = "What is the vault code of the lighthouse?"
+    start, end = index.best_sentence(q)
+    repeated = separator + doc[start:end]
+    for window in (2 * len(repeated), 64, 128, 300):
+        view = retrieved_view(index, doc, q, window, mixin, 0.0, separator)
+        assert view.kind == "retrieved" and view.focus == (start, end)
+        assert len(view.ids) <= window and view.ids[-len(repeated):] == repeated
+        # the chunks before it are what the plain view would pick with the rest of W
+        assert view.ids[:-len(repeated)] == retrieved_view(index, doc, q, window - len(repeated), mixin).ids
+    # not repeated: no focus asked, a sentence longer than half of W, a question matching nothing
+    assert retrieved_view(index, doc, q, 128, mixin).focus is None
+    assert retrieved_view(index, doc, q, 2 * len(repeated) - 1, mixin, 0.0, separator).focus is None
+    none = retrieved_view(index, doc, "Quixotic xylophones?", 64, mixin, 0.0, separator)
+    assert none.kind == "head_tail" and none.focus is None
+
+
 def test_no_shared_word_falls_back_to_the_head_tail_view(tiny_loaded):
     from lift_ray.segments import truncate_middle
 
@@ -114,7 +147,8 @@ def test_index_round_trips_through_files(tiny_loaded):
     text = _document()
     index = _index(tok, text)
     again = RetrievalIndex.from_files(index.to_files())
-    assert again.spans == index.spans
+    assert again.spans == index.spans and again.sentences == index.sentences
+    assert again.best_sentence("vault code?") == index.best_sentence("vault code?") is not None
     assert again.scores("vault Zanthoric harbour") == index.scores("vault Zanthoric harbour")
 
 
@@ -165,6 +199,9 @@ def test_rag_puts_the_middle_chunk_holding_the_answer_in_the_prompt(engine):
         prompts[mode] = tok.decode(p.prompt)
         assert p.view == ("head_tail" if mode == "icl" else "retrieved")
     assert "Zanthoric" in prompts["rag"] and "Zanthoric" not in prompts["icl"]
+    # with room for it, the sentence the question points at is repeated last, right before the question
+    wide = engine.prepare(Question("What is the vault code of the lighthouse?", text, "rag", context_window=128))
+    assert "lighthouse is Zanthoric.\n\nAnswer the question" in tok.decode(wide.prompt)
     ans = engine.answer("What is the vault code of the lighthouse?", text, "rag")
     assert ans.view == "retrieved" and ans.variant is None and ans.prompt_tokens <= window + engine.config.inference.question_reserve
     fallback = engine.answer("Quixotic xylophones?", text, "rag")
