@@ -353,3 +353,29 @@ def test_lift_rag_answers_as_rag_when_the_adapters_answer_is_not_in_the_chunks(e
     assert on.prepare(Question("Quixotic xylophones?", doc, "lift+rag")).fallback is None
     routed = on.prepare(Question("What is the vault code of the lighthouse?", doc, "lift+rag"))
     assert routed.answered_as == "icl" and routed.fallback is None
+
+
+def test_pairs_trained_in_the_retrieved_view_read_the_rag_prompt_focus_sentence_included(tiny_loaded, tiny_config, monkeypatch):
+    """aux_qa.views ["retrieved"]: the absorb builds each pair's view as the engine does for a rag question,
+    the repeated sentence included, so what the adapter learnt is what it is asked in."""
+    import lift_ray.absorb
+
+    cfg = tiny_config.model_copy(update={
+        "segments": tiny_config.segments.model_copy(update={"context_window": 128}),
+        "aux_qa": tiny_config.aux_qa.model_copy(update={"views": ["retrieved"]}),
+        "train": tiny_config.train.model_copy(update={"epochs": 1}),
+    })
+    captured = []
+    real = lift_ray.absorb.training_stages
+    monkeypatch.setattr(lift_ray.absorb, "training_stages", lambda samples, qa, c: captured.extend(qa) or real(samples, qa, c))
+    engine = LiftEngine(tiny_loaded, cfg, AdapterStore(cfg.store.uri))
+    text = _document(40)
+    result = engine.absorb(text, progress=False)
+    pairs = lift_ray.absorb.auxiliary_pairs(tiny_loaded, text, result.doc_id, cfg, engine.store)
+    assert captured and len(captured) == len(pairs)
+    asked = {q for pair in pairs for q in (pair.question, pair.short_question) if q}  # short forms train in this view too
+    prompts = [engine.prepare(Question(q, result.doc_id, "rag", context_window=128)) for q in asked]
+    for sample in captured:  # each sample starts with the rag prompt of its pair's question
+        assert any(sample.input_ids[:len(p.prompt)] == p.prompt for p in prompts)
+    focused = sum(p.view == "retrieved" and "\n\nAnswer the question" in tiny_loaded.tokenizer.decode(p.prompt) for p in prompts)
+    assert focused  # some pairs' views end with their sentence
