@@ -318,7 +318,7 @@ def retrieved_view(
     window: int,
     mixin_ids: list[int],
     head_tail_share: float = 0.0,
-    focus_separator_ids: list[int] | None = None,
+    focus_separator: list[int] | None = None,
 ) -> RetrievedView:
     """The question's view: the best chunks that fit ``window`` tokens, in document order, and the
     sentence the question points at repeated after them.
@@ -330,7 +330,7 @@ def retrieved_view(
         window: W, the view's token budget (the result never exceeds it).
         mixin_ids: tokens that mark left-out text.
         head_tail_share: fraction of W kept for the document's head and tail around the chunks.
-        focus_separator_ids: when given, the document's best-matching sentence
+        focus_separator: when given, the document's best-matching sentence
             (:meth:`RetrievalIndex.best_sentence`) follows the chunks after these tokens, the chunks
             getting what is left of W; a sentence longer than half of W is not repeated.
 
@@ -341,12 +341,12 @@ def retrieved_view(
     if len(doc_tokens) <= window:
         return RetrievedView(list(doc_tokens), "head_tail", ((0, len(doc_tokens)),))
     plain = _chunk_view(index, doc_tokens, question, window, mixin_ids, head_tail_share)
-    if focus_separator_ids is None or plain.kind != "retrieved":
+    if focus_separator is None or plain.kind != "retrieved":
         return plain
     focus = index.best_sentence(question)
     if focus is None:
         return plain
-    repeated = [*focus_separator_ids, *doc_tokens[focus[0] : focus[1]]]
+    repeated = [*focus_separator, *doc_tokens[focus[0] : focus[1]]]
     if 2 * len(repeated) > window:
         return plain
     view = _chunk_view(index, doc_tokens, question, window - len(repeated), mixin_ids, head_tail_share)
