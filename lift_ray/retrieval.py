@@ -340,19 +340,13 @@ def retrieved_view(
     """
     if len(doc_tokens) <= window:
         return RetrievedView(list(doc_tokens), "head_tail", ((0, len(doc_tokens)),))
-    plain = _chunk_view(index, doc_tokens, question, window, mixin_ids, head_tail_share)
-    if focus_separator is None or plain.kind != "retrieved":
-        return plain
-    focus = index.best_sentence(question)
-    if focus is None:
-        return plain
-    repeated = [*focus_separator, *doc_tokens[focus[0] : focus[1]]]
-    if 2 * len(repeated) > window:
-        return plain
-    view = _chunk_view(index, doc_tokens, question, window - len(repeated), mixin_ids, head_tail_share)
-    if view.kind != "retrieved":
-        return plain
-    return dataclasses.replace(view, ids=[*view.ids, *repeated], focus=focus)
+    focus = index.best_sentence(question) if focus_separator is not None else None
+    repeated = [*focus_separator, *doc_tokens[focus[0] : focus[1]]] if focus is not None else []
+    if repeated and 2 * len(repeated) <= window:
+        view = _chunk_view(index, doc_tokens, question, window - len(repeated), mixin_ids, head_tail_share)
+        if view.kind == "retrieved":  # else not even the best chunk fits beside the sentence: the plain view
+            return dataclasses.replace(view, ids=[*view.ids, *repeated], focus=focus)
+    return _chunk_view(index, doc_tokens, question, window, mixin_ids, head_tail_share)
 
 
 def _chunk_view(index: RetrievalIndex, doc_tokens: list[int], question: str, window: int, mixin_ids: list[int],
