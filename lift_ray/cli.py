@@ -153,7 +153,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from lift_ray.text import read_document
     from lift_ray.infer import LiftEngine, engine_for_manifest, resolve_document
     from lift_ray.modes import NO_ADAPTER_YET
-    from lift_ray.store import StoreError, is_doc_id
+    from lift_ray.store import DocumentNotFound, StoreError, is_doc_id
 
     cfg = _config(args)
     questions = _read_questions(args)
@@ -167,7 +167,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     stored = known or store.has_document(doc_id)  # an absorb stores the text before it trains
     if not stored and (text is None or mode != "icl"):
         hint = "" if text is None else f"; absorb it first: lift-ray absorb {target}"
-        raise StoreError(f"unknown document id {doc_id} in store {store.uri}{hint}")
+        raise DocumentNotFound(f"unknown document id {doc_id} in store {store.uri}{hint}")
     _set_threads(args.threads)
     if known and not args.model:
         manifest = store.latest_manifest(doc_id, args.variant)
@@ -219,9 +219,9 @@ def cmd_docs(args: argparse.Namespace) -> int:
     elif args.action == "show":
         manifests = [m.model_dump(mode="json") for m in store.manifests(_need_id(args))]
         if not manifests:
-            from lift_ray.store import StoreError
+            from lift_ray.store import DocumentNotFound
 
-            raise StoreError(f"unknown document id {args.id} in store {store.uri}")
+            raise DocumentNotFound(f"unknown document id {args.id} in store {store.uri}")
         _emit({"doc_id": args.id, "adapters": manifests}, args.json)
     else:
         removed = store.delete(_need_id(args), args.variant)

@@ -40,7 +40,7 @@ from lift_ray.resident import ManifestCache, ResidentAdapter, ResidentAdapters, 
 from lift_ray.retrieval import (
     RetrievalIndex, distinctive_match, evidence_in_view, focus_separator_ids, index_key, retrieved_view, view_backs_answer,
 )
-from lift_ray.store import AdapterStore, Manifest, StoreError, doc_id_for
+from lift_ray.store import AdapterNotReady, AdapterStore, DocumentNotFound, Manifest, StoreError, doc_id_for
 
 _INDEX_CACHE = 32  # retrieval indexes kept in memory (they are small: a few KB per document)
 
@@ -472,15 +472,15 @@ class LiftEngine:
         no_adapter_yet = False
         try:  # icl on an absorbed document uses the W its adapter saw
             manifest = self.manifests.get(doc_id, q.variant)
-        except StoreError:
+        except DocumentNotFound:  # a named variant that is missing, or a damaged manifest, is raised as is
             manifest = None
             # An absorb stores the text before it trains: until its adapter is published, icl and rag
             # answer from the text, and lift+icl / lift+rag as those two (answered_as says so).
-            if q.variant is not None or ((uses_adapter(mode) or text is None) and not self.store.has_document(doc_id)):
+            if (uses_adapter(mode) or text is None) and not self.store.has_document(doc_id):
                 raise
             if uses_adapter(mode):
                 if base_mode(mode) is None:
-                    raise StoreError(f"document {doc_id} has no adapter yet (its absorb has not finished): mode {mode} "
+                    raise AdapterNotReady(f"document {doc_id} has no adapter yet (its absorb has not finished): mode {mode} "
                                      "needs one; icl and rag answer from its text now") from None
                 no_adapter_yet = True
         if manifest is not None and uses_adapter(mode):

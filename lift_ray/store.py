@@ -47,6 +47,18 @@ class StoreError(ValueError):
     """Unknown or invalid id, or an unreadable entry."""
 
 
+class DocumentNotFound(StoreError):
+    """The store holds nothing (no adapter; for :meth:`AdapterStore.text`, no text) for this document id."""
+
+
+class AdapterNotFound(StoreError):
+    """The document has no adapter of the named variant."""
+
+
+class AdapterNotReady(StoreError):
+    """The document's text is stored but its absorb has not published an adapter yet."""
+
+
 class KnowledgeCheck(BaseModel):
     """How well the adapter knows its auxiliary QA pairs, measured teacher-forced (packed forwards, no generation)."""
 
@@ -269,7 +281,7 @@ class AdapterStore:
         try:
             raw = self._read_text(path)
         except FileNotFoundError:
-            raise StoreError(f"document {doc_id} has no adapter {variant} in {self.uri}") from None
+            raise AdapterNotFound(f"document {doc_id} has no adapter {variant} in {self.uri}") from None
         return parse_manifest(raw, f"{doc_id}/{variant}")
 
     def manifests(self, doc_id: str) -> list[Manifest]:
@@ -281,7 +293,7 @@ class AdapterStore:
             return self.manifest(doc_id, variant)
         found = self.manifests(doc_id)
         if not found:
-            raise StoreError(f"unknown document id {doc_id} in store {self.uri}")
+            raise DocumentNotFound(f"unknown document id {doc_id} in store {self.uri}")
         return max(found, key=lambda m: m.created_at)
 
     def has_document(self, doc_id: str) -> bool:
@@ -293,7 +305,7 @@ class AdapterStore:
         try:
             return self._read_text(f"{self._doc_dir(doc_id)}/{DOCUMENT}")
         except FileNotFoundError:
-            raise StoreError(f"unknown document id {doc_id} in store {self.uri}") from None
+            raise DocumentNotFound(f"unknown document id {doc_id} in store {self.uri}") from None
 
     def list_docs(self) -> list[dict[str, Any]]:
         """One row per visible document: id, variants, token count, alias and title from the source, created time."""
@@ -460,10 +472,10 @@ class AdapterStore:
             if variant is None and self.has_document(doc_id):
                 self.fs.rm(self._doc_dir(doc_id), recursive=True)
                 return []
-            raise StoreError(f"unknown document id {doc_id} in store {self.uri}")
+            raise DocumentNotFound(f"unknown document id {doc_id} in store {self.uri}")
         for v in variants:
             if not self.has(doc_id, v):
-                raise StoreError(f"document {doc_id} has no adapter {v} in {self.uri}")
+                raise AdapterNotFound(f"document {doc_id} has no adapter {v} in {self.uri}")
         for v in variants:
             self.fs.rm(f"{self._adapter_dir(doc_id, v)}/{MANIFEST}")
             self.fs.rm(self._adapter_dir(doc_id, v), recursive=True)

@@ -225,6 +225,23 @@ def test_sse_ends_with_done(server, store_dir):
     assert events[-1] == "data: [DONE]" and all(e.startswith("data: ") for e in events)
 
 
+@pytest.mark.parametrize(
+    "exc, status, code",
+    [
+        ("DocumentNotFound", 404, "model_not_found"),
+        ("AdapterNotFound", 404, "model_not_found"),
+        ("AdapterNotReady", 409, "adapter_not_ready"),
+        ("StoreError", 500, "adapter_error"),  # a damaged entry: not "no such model", whatever it says
+    ],
+)
+def test_store_errors_map_to_statuses_by_type(exc, status, code):
+    from lift_ray import store
+    from lift_ray.serve.app import error_result
+
+    result = error_result(getattr(store, exc)("unknown document id, has no adapter yet"))  # the message is no cue
+    assert (result["status"], result["error"]["code"]) == (status, code)
+
+
 def test_errors_have_openai_shape_and_status(server, store_dir):
     import openai
 

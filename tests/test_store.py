@@ -104,6 +104,26 @@ def test_the_text_is_readable_before_any_adapter_and_listed_only_with_one(tmp_pa
         store.delete(doc)
 
 
+def test_not_found_errors_are_typed_and_a_damaged_manifest_is_not_one_of_them(tmp_path):
+    """Callers (CLI, engine, Serve) tell "no such document" from "broken entry" by type, not message."""
+    from lift_ray.store import AdapterNotFound, DocumentNotFound
+
+    store = AdapterStore(str(tmp_path / "store"))
+    m, files = _manifest(tmp_path)
+    doc = doc_id_for(TEXT)
+    with pytest.raises(DocumentNotFound):
+        store.latest_manifest(doc)
+    store.publish(m, TEXT, files)
+    with pytest.raises(AdapterNotFound):
+        store.manifest(doc, "lora-" + "0" * 12)
+    with pytest.raises(AdapterNotFound):
+        store.delete(doc, "lora-" + "0" * 12)
+    (store.adapter_dir(m.doc_id, m.variant) / "manifest.json").write_text("{not json")
+    with pytest.raises(StoreError, match="not JSON") as err:
+        store.latest_manifest(doc)
+    assert not isinstance(err.value, (DocumentNotFound, AdapterNotFound))
+
+
 def test_entry_without_manifest_is_invisible(tmp_path):
     """A crash after the weights but before the manifest leaves nothing visible."""
     store = AdapterStore(str(tmp_path / "store"))

@@ -45,7 +45,7 @@ def error_result(exc: BaseException) -> dict[str, Any]:
     from lift_ray.adapters.base import AdapterError
     from lift_ray.config import ConfigError
     from lift_ray.infer import QuestionError
-    from lift_ray.store import StoreError
+    from lift_ray.store import AdapterNotFound, AdapterNotReady, DocumentNotFound, StoreError
 
     message = " ".join(str(exc).split())[:1000]
     if isinstance(exc, api.ApiError):
@@ -53,9 +53,9 @@ def error_result(exc: BaseException) -> dict[str, Any]:
     elif isinstance(exc, QuestionError):
         code = "context_length_exceeded" if "does not fit" in message else "invalid_value"
         err = api.ApiError(400, message, param="messages", code=code)
-    elif isinstance(exc, StoreError) and "no adapter yet" in message:  # absorbing: icl and rag answer already
+    elif isinstance(exc, AdapterNotReady):  # absorbing: icl and rag answer already
         err = api.ApiError(409, message, param="model", code="adapter_not_ready", headers={"Retry-After": "30"})
-    elif isinstance(exc, StoreError) and ("unknown document" in message or "has no adapter" in message):
+    elif isinstance(exc, (DocumentNotFound, AdapterNotFound)):
         err = api.ApiError(404, message, param="model", code="model_not_found")
     elif isinstance(exc, (StoreError, AdapterError, ConfigError)):  # corrupt or mismatched adapter: this document only
         err = api.ApiError(500, message, type="server_error", code="adapter_error")
@@ -139,16 +139,15 @@ class LiftModel:
 
     async def _ensure_adapter(self, request: dict[str, Any]) -> None:
         from lift_ray.modes import uses_adapter
-        from lift_ray.store import StoreError
+        from lift_ray.store import DocumentNotFound
 
         if uses_adapter(request["mode"]):
             try:
                 await self._adapter(serve.get_multiplexed_model_id())
-            except StoreError as exc:
+            except DocumentNotFound:
                 # No manifest: the engine answers in the base mode while the document is being absorbed,
                 # and says what is missing otherwise. A damaged adapter fails here, once.
-                if "unknown document" not in str(exc):
-                    raise
+                pass
 
     async def _answer_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from lift_ray.infer import Answer, Question
@@ -562,7 +561,7 @@ class LiftIngress:
 
     @app.delete("/v1/documents/{doc_id}")
     async def delete_document(self, doc_id: str) -> dict[str, Any]:
-        from lift_ray.store import StoreError, is_doc_id
+        from lift_ray.store import DocumentNotFound, is_doc_id
 
         api.check_resource_id(doc_id)
         if not is_doc_id(doc_id):
@@ -570,7 +569,7 @@ class LiftIngress:
                                code="invalid_id")
         try:
             removed = await asyncio.to_thread(self.store.delete, doc_id)
-        except StoreError:
+        except DocumentNotFound:
             raise api.model_not_found(doc_id) from None
         self._listing = (0.0, [])
         # Replicas drop its adapters within manifest_ttl_s (their refresh loop); questions 404 from now on.
