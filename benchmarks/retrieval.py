@@ -39,12 +39,12 @@ def _documents(path: Path, engine) -> list[tuple[str, str, list[tuple[str, list[
     """(id, text, [(question, answers, bucket)]) per document: the development set's own buckets, or,
     for another eval set, where the evidence lies in the head…tail view (as ``lift-ray eval`` says)."""
     from lift_ray.evaluate.data import load_eval_set
-    from lift_ray.evaluate.runner import _where_by_question
+    from lift_ray.evaluate.runner import where_by_question
 
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if rows and all("style" in row for row in rows):
         return [(row["id"], row["input"], [(q["Q"], q["A"], bucket(row, q)) for q in row["qa_pairs"]]) for row in rows]
-    return [(doc.key, doc.text, [(q.question, q.answers, where) for q, where in zip(doc.questions, _where_by_question(engine, doc))])
+    return [(doc.key, doc.text, [(q.question, q.answers, where) for q, where in zip(doc.questions, where_by_question(engine, doc))])
             for doc in load_eval_set(str(path))]
 
 

@@ -182,8 +182,9 @@ def _check_resume(out_dir: Path, settings: dict) -> None:
 # --- the run --------------------------------------------------------------------------------------
 
 
-def _where_by_question(engine, doc: EvalDocument) -> list[str]:
-    """inside / beyond the head+tail view this engine gives ICL, per question (the view ICL sees)."""
+def where_by_question(engine, doc: EvalDocument) -> list[str]:
+    """Per question, "inside" or "beyond": where its evidence lies against the head…tail view ICL sees
+    with this engine's window (what ``lift-ray eval`` buckets by; benchmarks reuse it)."""
     cfg = engine.config
     head_end, tail_start = view_char_ranges(doc.text, engine.loaded.tokenizer, cfg.segments.context_window, cfg.segments.mixin)
     return [locate(evidence_spans(doc.text, q), head_end, tail_start) for q in doc.questions]
@@ -247,7 +248,7 @@ def run_eval(
 
     with open(pred_path, "a", encoding="utf-8") as fh:
         for doc in todo:
-            where = _where_by_question(engine, doc)
+            where = where_by_question(engine, doc)
             target = absorbed[doc.key].doc_id if doc.key in absorbed else doc.text
             for i, q in enumerate(doc.questions):
                 for mode in modes:
