@@ -311,7 +311,8 @@ class InferenceConfig(_Base):
     rag_when_unsupported: bool = Field(
         True,
         description="In lift+rag, the adapter's answer is kept only when the retrieved chunks back it (its words stand in a "
-        "sentence about the question, rag_support_share); "
+        "sentence about the question, rag_support_share), or, for an answer the chunks do not hold, the document does "
+        "(a sentence of it about the question holds the answer); "
         "otherwise the question is answered as rag: the base model reads the same chunks, without the adapter, "
         "whose memory names another fact of the document as often as the right one (README 'Checking the adapter's "
         "answer'). Not when retrieval matched only words common in the document (a question in other words): "
@@ -322,9 +323,10 @@ class InferenceConfig(_Base):
         ge=0.0,
         le=1.0,
         description="With rag_when_unsupported: the sentence of the retrieved chunks that holds the adapter's answer "
-        "must hold at least this share of the question-word weight (BM25 idf) of the chunks' best-matching sentence, "
+        "must hold at least this share of the question-word weight (BM25 idf) of the chunks' best-matching sentence "
+        "(for an answer the chunks lack: the document's sentence, against the document's best-matching one), "
         "and the answer must have a word the question lacks; else it is answered as rag. 0 checks only that the "
-        "answer's words are in the chunks and add to the question.",
+        "answer's words are in the chunks (or the document) and add to the question.",
     )
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (with do_sample).")

@@ -481,7 +481,7 @@ class LiftEngine:
             if uses_adapter(mode):
                 if base_mode(mode) is None:
                     raise AdapterNotReady(f"document {doc_id} has no adapter yet (its absorb has not finished): mode {mode} "
-                                     "needs one; icl and rag answer from its text now") from None
+                                         "needs one; icl and rag answer from its text now") from None
                 no_adapter_yet = True
         if manifest is not None and uses_adapter(mode):
             self.check_manifest(manifest)
@@ -526,12 +526,16 @@ class LiftEngine:
     def supported(self, p: Prepared, answer: str) -> bool:
         """Whether ``answer`` may stand: always, unless ``p`` is checked against its retrieved chunks
         (``inference.rag_when_unsupported``) and they do not back it (``retrieval.view_backs_answer``:
-        its words in a sentence about the question, saying more than the question)."""
+        its words in a sentence about the question, saying more than the question), nor, for an answer
+        the chunks do not hold, does the rest of the document."""
         if p.fallback is None:
             return True
-        view_text = self.loaded.tokenizer.decode(p.view_ids or [], skip_special_tokens=True)
-        share = self.config.inference.rag_support_share
-        return view_backs_answer(self.retrieval_index(p.doc_id), p.question, answer, view_text, share)
+        decode = self.loaded.tokenizer.decode
+        view_text = decode(p.view_ids or [], skip_special_tokens=True)
+        index = self.retrieval_index(p.doc_id)
+        doc_tokens = self._document_tokens(p.doc_id, None)
+        sentences = [decode(doc_tokens[start:end]) for start, end in index.sentences]
+        return view_backs_answer(index, p.question, answer, view_text, self.config.inference.rag_support_share, sentences)
 
     # --- generating ----------------------------------------------------------------------------
     def _generate_kwargs(self, rows: list[Prepared]) -> dict:

@@ -262,8 +262,24 @@ def _content_stems(text: str) -> set[str]:
     return set(Stemmer.Stemmer("english").stemWords([w for w in re.findall(r"\w+", text.lower()) if w not in stop]))
 
 
-def view_backs_answer(index: RetrievalIndex, question: str, answer: str, view_text: str, share: float) -> bool:
-    """Whether the retrieved view backs ``answer`` to ``question``.
+def _held_share(answer: str, asked: set[str], idf: dict[str, float], sentences: list[str],
+                stems: list[set[str]]) -> float | None:
+    """The question-word weight of the sentence holding ``answer``, as a share of the best sentence's;
+    None when no sentence (or pair of neighbours: "St. Ives" splits in two) holds it."""
+    weights = [sum(idf.get(w, 0.0) for w in st & asked) for st in stems]
+    held = max((wt for s, wt in zip(sentences, weights) if answer_in_view(answer, s)), default=None)
+    if held is None:
+        pairs = zip(sentences, sentences[1:], weights, weights[1:])
+        held = max((max(w1, w2) for s1, s2, w1, w2 in pairs if answer_in_view(answer, f"{s1} {s2}")), default=None)
+    if held is None:
+        return None
+    best = max(weights, default=0.0)
+    return held / best if best > 0 else 1.0  # no sentence about the question: nothing to fall short of
+
+
+def view_backs_answer(index: RetrievalIndex, question: str, answer: str, view_text: str, share: float,
+                      document_sentences: list[str] | None = None) -> bool:
+    """Whether the retrieved view, or else the document, backs ``answer`` to ``question``.
 
     Three things must hold. The answer's words stand, whole and in order, in a sentence of the view
     (``answer_in_view``). That sentence is about the question: the question words it holds weigh
@@ -271,20 +287,23 @@ def view_backs_answer(index: RetrievalIndex, question: str, answer: str, view_te
     sentence holds. And the answer says something the question does not (a word of its own). An
     answer found in a sentence about something else is most often another fact of the document, and
     one that repeats the question says nothing.
+
+    An answer the view does not hold at all is judged against the whole document instead, when its
+    sentences (the index's, as text) are given: its sentence must weigh ``share`` of the document's
+    best-matching one. The adapter may remember a fact whose sentence retrieval left out.
     """
-    if not answer_in_view(answer, view_text):
-        return False
     asked = _content_stems(question)
     if not _content_stems(answer) - asked:
         return False
     idf = index.idf(asked)
-    sentences = [s for s in _VIEW_SENTENCE.split(view_text) if s.strip()]
-    weights = [sum(idf.get(w, 0.0) for w in _content_stems(s) & asked) for s in sentences]
-    held = max((wt for s, wt in zip(sentences, weights) if answer_in_view(answer, s)), default=None)
-    if held is None:  # the answer runs across a split ("St. Ives"): judge it by the pair it spans
-        pairs = zip(sentences, sentences[1:], weights, weights[1:])
-        held = max((max(w1, w2) for s1, s2, w1, w2 in pairs if answer_in_view(answer, f"{s1} {s2}")), default=0.0)
-    return held >= share * max(weights, default=0.0)
+    if answer_in_view(answer, view_text):
+        sentences = [s for s in _VIEW_SENTENCE.split(view_text) if s.strip()]
+        held = _held_share(answer, asked, idf, sentences, [_content_stems(s) for s in sentences])
+        return (held or 0.0) >= share
+    if document_sentences is None:
+        return False
+    held = _held_share(answer, asked, idf, document_sentences, index.sentence_stems)
+    return held is not None and held >= share
 
 
 def evidence_in_view(index: RetrievalIndex, question: str, n_tokens: int, window: int, mixin_len: int, ratio: float) -> bool:

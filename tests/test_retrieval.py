@@ -305,6 +305,15 @@ def test_the_view_backs_an_answer_found_in_a_sentence_about_the_question(tiny_lo
     # an answer running across a sentence split is judged by the pair of sentences it spans
     split = "Gulls circled over the market. The vault code of the lighthouse is St. Ives Zanthoric."
     assert view_backs_answer(index, code, "St. Ives Zanthoric", split, 0.5)
+    # an answer the chunks lack is judged against the document's sentences when they are given
+    ids = tok(_document(40, planted=planted), add_special_tokens=False)["input_ids"]
+    document = [tok.decode(ids[start:end]) for start, end in index.sentences]  # as the engine passes them
+    elsewhere = "Gulls circled over the market. The baker opened his shutters."
+    assert not view_backs_answer(index, code, "Zanthoric", elsewhere, 0.5)  # without them: not in the chunks
+    assert view_backs_answer(index, code, "Zanthoric", elsewhere, 0.5, document)  # the document's sentence about it
+    assert not view_backs_answer(index, radio, "Zanthoric", elsewhere, 0.5, document)  # a sentence about the vault
+    assert not view_backs_answer(index, code, "Quorst", elsewhere, 0.0, document)  # in neither
+    assert not view_backs_answer(index, radio, "Zanthoric", view, 0.5, document)  # the chunks hold it: they judge
 
 
 def test_lift_rag_answers_as_rag_when_the_adapters_answer_is_not_in_the_chunks(engine, monkeypatch):
@@ -329,11 +338,12 @@ def test_lift_rag_answers_as_rag_when_the_adapters_answer_is_not_in_the_chunks(e
     for in_chunks in (True, False):
         seen = []
         monkeypatch.setattr(lift_ray.infer, "view_backs_answer",
-                            lambda index, q, answer, view, share: seen.append((answer, view, q, share)) or in_chunks)
+                            lambda index, q, answer, view, share, sentences: seen.append((answer, view, q, share, sentences)) or in_chunks)
         generates.clear()
         ans = on.answer(question, doc, "lift+rag")
         assert "captain is called Mirabelle" in seen[0][1]  # the adapter's answer is checked against its chunks
-        assert seen[0][2:] == (question, on.config.inference.rag_support_share)
+        assert seen[0][2:4] == (question, on.config.inference.rag_support_share)
+        assert "The ferry captain is called Mirabelle Quorst." in [s.strip() for s in seen[0][4]]  # the document's sentences
         if in_chunks:
             adapter_answer = seen[0][0]
             assert (ans.answer, ans.answered_as, ans.variant) == (adapter_answer, "lift+rag", result.variant)
