@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lift_ray.infer import Answer, LiftEngine, Question, StreamEnd
-from lift_ray.store import AdapterStore, StoreError
+from lift_ray.store import AdapterNotFound, AdapterNotReady, AdapterStore, DocumentNotFound, StoreError
 
 LORA_DOCS = [
     " ".join(f"Tower {i} keeper {j} counts {i * 13 + j} gulls and names the tortoise Marlowe {i}." for j in range(6))
@@ -218,17 +218,23 @@ def test_a_document_being_absorbed_answers_in_the_base_modes_until_its_adapter_i
         assert ans.answer == reference.answer(question, doc, base).answer
         pieces, streamed = drain(engine.stream_answer(question, doc, mode))
         assert (streamed.answer, streamed.answered_as_reason) == (ans.answer, ans.answered_as_reason)
-    with pytest.raises(StoreError, match="no adapter yet"):
+    with pytest.raises(AdapterNotReady, match="no adapter yet"):
         engine.answer(question, doc, "lift")
     variant = AdapterStore(uri).variants(doc)[0]
-    with pytest.raises(StoreError, match="has no adapter"):
+    with pytest.raises(AdapterNotFound, match="has no adapter"):
         engine.answer(question, doc, "lift+rag", variant=variant)
-    with pytest.raises(StoreError, match="unknown document"):  # no text: not being absorbed either
+    with pytest.raises(DocumentNotFound, match="unknown document"):  # no text: not being absorbed either
         engine.answer(question, lora[1], "rag")
     assert absorbing.list_docs() == []
     shutil.copytree(f"{uri}/docs/{doc}/adapters", copy / "docs" / doc / "adapters")  # published
     ans = engine.answer(question, doc, "lift+icl")
     assert (ans.answered_as, ans.answered_as_reason, ans.variant) == ("lift+icl", None, variant)
+    # a damaged manifest is an error of this document, never taken for an absorb still running
+    (copy / "docs" / doc / "adapters" / variant / "manifest.json").write_text("{not json")
+    fresh = make_engine(uri=str(copy))
+    with pytest.raises(StoreError, match="not JSON") as err:
+        fresh.answer(question, doc, "lift+rag")
+    assert not isinstance(err.value, (AdapterNotReady, DocumentNotFound))
     engine.detach()  # one base model: one engine's adapters at a time
     assert ans.answer == reference.answer(question, doc, "lift+icl").answer
 
