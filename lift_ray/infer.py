@@ -533,8 +533,11 @@ class LiftEngine:
         decode = self.loaded.tokenizer.decode
         view_text = decode(p.view_ids or [], skip_special_tokens=True)
         index = self.retrieval_index(p.doc_id)
-        doc_tokens = self._document_tokens(p.doc_id, None)
-        sentences = [decode(doc_tokens[start:end]) for start, end in index.sentences]
+
+        def sentences() -> list[str]:  # decoded only for an answer the chunks lack
+            doc_tokens = self._document_tokens(p.doc_id, None)
+            return [decode(doc_tokens[start:end]) for start, end in index.sentences]
+
         return view_backs_answer(index, p.question, answer, view_text, self.config.inference.rag_support_share, sentences)
 
     # --- generating ----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import json
 import math
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from lift_ray.store import RETRIEVAL_MARKER as CHUNKS_FILE  # the file the store writes last
@@ -278,7 +279,7 @@ def _held_share(answer: str, asked: set[str], idf: dict[str, float], sentences: 
 
 
 def view_backs_answer(index: RetrievalIndex, question: str, answer: str, view_text: str, share: float,
-                      document_sentences: list[str] | None = None) -> bool:
+                      document_sentences: Callable[[], list[str]] | None = None) -> bool:
     """Whether the retrieved view, or else the document, backs ``answer`` to ``question``.
 
     Three things must hold. The answer's words stand, whole and in order, in a sentence of the view
@@ -288,9 +289,10 @@ def view_backs_answer(index: RetrievalIndex, question: str, answer: str, view_te
     answer found in a sentence about something else is most often another fact of the document, and
     one that repeats the question says nothing.
 
-    An answer the view does not hold at all is judged against the whole document instead, when its
-    sentences (the index's, as text) are given: its sentence must weigh ``share`` of the document's
-    best-matching one. The adapter may remember a fact whose sentence retrieval left out.
+    An answer the view does not hold at all is judged against the whole document instead, when
+    ``document_sentences`` gives its sentences (the index's, as text; called only then): its sentence
+    must weigh ``share`` of the document's best-matching one. The adapter may remember a fact whose
+    sentence retrieval left out.
     """
     asked = _content_stems(question)
     if not _content_stems(answer) - asked:
@@ -302,7 +304,7 @@ def view_backs_answer(index: RetrievalIndex, question: str, answer: str, view_te
         return (held or 0.0) >= share
     if document_sentences is None:
         return False
-    held = _held_share(answer, asked, idf, document_sentences, index.sentence_stems)
+    held = _held_share(answer, asked, idf, document_sentences(), index.sentence_stems)
     return held is not None and held >= share
 
 

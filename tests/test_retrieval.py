@@ -286,6 +286,10 @@ def test_a_distinctive_match_is_a_word_as_rare_as_one_chunk_not_common_words(tin
     assert not distinctive_match(index, "Quixotic xylophones?")  # nothing shared
 
 
+def _never() -> list[str]:
+    raise AssertionError("the document's sentences were read for an answer the chunks hold")
+
+
 def test_the_view_backs_an_answer_found_in_a_sentence_about_the_question(tiny_loaded):
     """In the chunks is not enough: the sentence holding the answer must be about the question, and the
     answer must say more than the question (README 'Checking the adapter's answer')."""
@@ -310,10 +314,10 @@ def test_the_view_backs_an_answer_found_in_a_sentence_about_the_question(tiny_lo
     document = [tok.decode(ids[start:end]) for start, end in index.sentences]  # as the engine passes them
     elsewhere = "Gulls circled over the market. The baker opened his shutters."
     assert not view_backs_answer(index, code, "Zanthoric", elsewhere, 0.5)  # without them: not in the chunks
-    assert view_backs_answer(index, code, "Zanthoric", elsewhere, 0.5, document)  # the document's sentence about it
-    assert not view_backs_answer(index, radio, "Zanthoric", elsewhere, 0.5, document)  # a sentence about the vault
-    assert not view_backs_answer(index, code, "Quorst", elsewhere, 0.0, document)  # in neither
-    assert not view_backs_answer(index, radio, "Zanthoric", view, 0.5, document)  # the chunks hold it: they judge
+    assert view_backs_answer(index, code, "Zanthoric", elsewhere, 0.5, lambda: document)  # the document's sentence about it
+    assert not view_backs_answer(index, radio, "Zanthoric", elsewhere, 0.5, lambda: document)  # a sentence about the vault
+    assert not view_backs_answer(index, code, "Quorst", elsewhere, 0.0, lambda: document)  # in neither
+    assert not view_backs_answer(index, radio, "Zanthoric", view, 0.5, _never)  # the chunks hold it: they judge, the document is not read
 
 
 def test_lift_rag_answers_as_rag_when_the_adapters_answer_is_not_in_the_chunks(engine, monkeypatch):
@@ -343,7 +347,7 @@ def test_lift_rag_answers_as_rag_when_the_adapters_answer_is_not_in_the_chunks(e
         ans = on.answer(question, doc, "lift+rag")
         assert "captain is called Mirabelle" in seen[0][1]  # the adapter's answer is checked against its chunks
         assert seen[0][2:4] == (question, on.config.inference.rag_support_share)
-        assert "The ferry captain is called Mirabelle Quorst." in [s.strip() for s in seen[0][4]]  # the document's sentences
+        assert "The ferry captain is called Mirabelle Quorst." in [s.strip() for s in seen[0][4]()]  # the document's sentences
         if in_chunks:
             adapter_answer = seen[0][0]
             assert (ans.answer, ans.answered_as, ans.variant) == (adapter_answer, "lift+rag", result.variant)
