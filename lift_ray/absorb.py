@@ -59,7 +59,7 @@ class AbsorbProgress:
         r = self.record
         text = f"{r.stage} · epoch {r.epoch}/{self.max_epochs} · loss {r.loss:.3f}"
         if r.check is not None:
-            text += f" · knows {r.check.answer_accuracy:.0%} of its QA"
+            text += f" · knows {r.check.known_text} of its QA"
         return text
 
 

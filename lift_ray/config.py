@@ -180,6 +180,13 @@ class TrainConfig(_Base):
     stop_accuracy: float | None = Field(
         None, gt=0.0, le=1.0, description="Share of the QA pairs answered exactly that ends training (with early_stop). None: the profile's value."
     )
+    check_reuses_training: bool = Field(
+        True,
+        description="The check after an epoch first forwards only the QA pairs that the epoch's own training "
+        "forwards (teacher-forced, before each step's update) did not answer exactly, counting the others as known; "
+        "only if that reaches stop_accuracy are the others forwarded too. A check that cannot pass costs a fraction "
+        "of a full one, and every stop is the full check's (README 'When to stop').",
+    )
     lr_schedule: Literal["constant", "cosine"] | None = Field(
         None, description="Learning rate over the schedule's maximum steps: constant, or cosine decay to 10%. None: the profile's value."
     )
@@ -440,7 +447,8 @@ class LiftConfig(_Base):
                 *([] if self.aux_qa.short_question_views else ["short_question_views"]),
             }),
             "answer_prompt": self.inference.answer_prompt,  # QA samples are trained in this format
-            "train": self.train.model_dump(mode="json"),
+            # check_reuses_training changes what a check costs, never a stop decision, so never the adapter
+            "train": self.train.model_dump(mode="json", exclude={"check_reuses_training"}),
             # layer_share is left out at 1.0 (every layer), so adapters absorbed before it existed keep their variant.
             "adapter": self.adapter.model_dump(
                 mode="json", exclude={"layer_share"} if getattr(self.adapter, "layer_share", None) in (None, 1.0) else None

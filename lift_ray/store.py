@@ -72,6 +72,17 @@ class KnowledgeCheck(BaseModel):
     pairs: int
     tokens: int = Field(description="Answer tokens checked.")
     seconds: float
+    forwarded: int | None = Field(
+        None, description="Pairs forwarded after the epoch. Fewer than pairs: the others counted as known from the "
+        "epoch's own training forwards (train.check_reuses_training) and answer_accuracy is an upper bound, below "
+        "stop_accuracy. None: a check before that option, which forwarded every pair."
+    )
+
+    @property
+    def known_text(self) -> str:
+        """The share known as shown to a user: "91%", or "≤91%" where it is an upper bound (see forwarded)."""
+        bound = "≤" if self.forwarded is not None and self.forwarded < self.pairs else ""
+        return f"{bound}{self.answer_accuracy:.0%}"
 
 
 class EpochRecord(BaseModel):

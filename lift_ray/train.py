@@ -11,6 +11,9 @@ Training stops when the document is known (:func:`knowledge_check`): after each 
 ``min_epochs`` on, teacher-forced forwards over all the document's auxiliary QA pairs (packed into
 rows of ~1k tokens, no generation) measure how many answers greedy decoding would reproduce; once
 that share reaches ``stop_accuracy`` the remaining epochs are skipped. Without QA pairs there is nothing to check and every epoch runs.
+The pairs are trained in the same epoch, so their own training forwards already score them: only the
+pairs those found unknown are forwarded again after the epoch (``check_reuses_training``), and all of
+them only when that count reaches the threshold, so every stop decision is the full check's.
 """
 
 from __future__ import annotations
@@ -67,7 +70,11 @@ def packed_loss(module: torch.nn.Module, batch: PackedBatch) -> tuple[torch.Tens
     A distractor's targets (``batch.negative``) add the unlikelihood loss instead, mean −log(1 − p):
     their probability is pushed down (Welleck et al., 2020), e.g. another pair's answer to a question.
     """
-    logits = target_logits(module, batch)
+    return target_loss(target_logits(module, batch), batch)
+
+
+def target_loss(logits: torch.Tensor, batch: PackedBatch) -> tuple[torch.Tensor, int]:
+    """:func:`packed_loss` from the batch's target logits."""
     if batch.negative is None:
         return F.cross_entropy(logits, batch.targets), int(batch.targets.numel())
     pos, neg = ~batch.negative, batch.negative
@@ -113,6 +120,28 @@ def _check_rows(samples: Sequence[Sample], row_tokens: int) -> list[list[list[Sa
     return rows
 
 
+@dataclasses.dataclass
+class AnswerScore:
+    """One sample's answer, teacher-forced: whether every answer token was the greedy next token,
+    how many were, out of how many, and their summed cross-entropy."""
+
+    known: bool
+    hits: int
+    tokens: int
+    loss_sum: float
+
+
+def answer_scores(samples: Sequence[Sample], logits: torch.Tensor, targets: torch.Tensor) -> list[AnswerScore]:
+    """Each sample's :class:`AnswerScore` from the target logits of a packed forward (targets come out
+    sample by sample, in the order the samples were packed)."""
+    with torch.no_grad():
+        hits = logits.argmax(-1) == targets
+        losses = F.cross_entropy(logits.detach(), targets, reduction="none")
+    counts = [s.num_target_tokens for s in samples]
+    return [AnswerScore(bool(h.all()), int(h.sum()), h.numel(), float(c.sum()))
+            for h, c in zip(torch.split(hits, counts), torch.split(losses, counts))]
+
+
 def knowledge_check(
     module: torch.nn.Module,
     samples: Sequence[Sample],
@@ -120,42 +149,62 @@ def knowledge_check(
     epoch: int = 0,
     autocast: contextlib.AbstractContextManager | None = None,
     row_tokens: int = CHECK_ROW_TOKENS,
+    known_in_epoch: dict[int, AnswerScore] | None = None,
+    confirm_at: float | None = None,
 ) -> KnowledgeCheck:
     """Teacher-forced check of the samples' answers: packed forwards of about ``row_tokens`` tokens, no generation.
 
     A pair counts as known when the greedy next token is right at every answer position; with the
     answer teacher-forced that is exactly what greedy decoding would produce, end of turn included.
+
+    Args:
+        known_in_epoch: scores the epoch's own training forwards gave (by ``id`` of the sample): a
+            sample they found known counts as known and is not forwarded again
+            (``TrainConfig.check_reuses_training``). A later step of the epoch may have unlearnt it,
+            so the share known is then an upper bound...
+        confirm_at: ...unless it reaches this share: then those samples are forwarded too and the
+            check is exact. A stop decision at this threshold is therefore the full check's.
     """
     samples = [s for s in samples if not s.negative]  # a distractor has no answer to know
     if not samples:
         raise ValueError("no samples to check")
     start = time.perf_counter()
     device = next(module.parameters()).device
-    hits_parts, counts = [], []
-    loss_sum = 0.0
+    known = known_in_epoch or {}
+    reused = [s for s in samples if id(s) in known and known[id(s)].known]
+    rest = [s for s in samples if not (id(s) in known and known[id(s)].known)]
     was_training = module.training
     module.eval()
+
+    def forward(part: list[Sample]) -> list[AnswerScore]:
+        out: list[AnswerScore] = []
+        for row in _check_rows(part, row_tokens) if part else []:
+            batch = pack_groups(row).to(device)
+            out += answer_scores([s for g in row for s in g], target_logits(module, batch), batch.targets)
+        return out
+
     try:
         with torch.inference_mode(), autocast or contextlib.nullcontext():
-            for row in _check_rows(samples, row_tokens):
-                batch = pack_groups(row).to(device)
-                logits = target_logits(module, batch)
-                hits_parts.append(logits.argmax(-1) == batch.targets)
-                loss_sum += F.cross_entropy(logits, batch.targets, reduction="sum").item()
-                # Targets come out sample by sample in group order; count each sample's span.
-                counts += [s.num_target_tokens for g in row for s in g]
+            scores = forward(rest)
+            forwarded = len(rest)
+            upper = (len(reused) + sum(x.known for x in scores)) / len(samples)
+            if reused and confirm_at is not None and upper >= confirm_at:
+                scores += forward(reused)
+                forwarded += len(reused)
+            else:
+                scores += [known[id(s)] for s in reused]
     finally:
         module.train(was_training)
-    hits = torch.cat(hits_parts)
-    known = sum(bool(span.all()) for span in torch.split(hits, counts))
+    tokens = sum(x.tokens for x in scores)
     return KnowledgeCheck(
         epoch=epoch,
-        answer_accuracy=round(known / len(counts), 4),
-        token_accuracy=round(hits.float().mean().item(), 4),
-        loss=round(loss_sum / hits.numel(), 5),
-        pairs=len(counts),
-        tokens=int(hits.numel()),
+        answer_accuracy=round(sum(x.known for x in scores) / len(scores), 4),
+        token_accuracy=round(sum(x.hits for x in scores) / tokens, 4),
+        loss=round(sum(x.loss_sum for x in scores) / tokens, 5),
+        pairs=len(scores),
+        tokens=tokens,
         seconds=round(time.perf_counter() - start, 3),
+        forwarded=forwarded,
     )
 
 
@@ -222,6 +271,7 @@ def train_schedule(
     order_rng = random.Random(cfg.seed)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=cfg.betas, weight_decay=cfg.weight_decay)
     checking = bool(cfg.early_stop and check_samples)
+    check_ids = {id(s) for s in check_samples or ()}
     autocast = lambda: _autocast(cfg, device)  # noqa: E731 (a fresh context manager per use)
 
     plans: list[tuple[str, int, list[list[Sample]]]] = []  # (stage, samples, steps) per epoch, all epochs planned
@@ -248,10 +298,19 @@ def train_schedule(
             epoch_start = time.perf_counter()
             loss_sum, loss_count = 0.0, 0
             postfix = {"epoch": epoch, "stage": stage_name}
+            # the epoch's training forwards score the pairs the check would (before each step's update)
+            scoring = checking and cfg.check_reuses_training and epoch >= cfg.min_epochs
+            known_in_epoch: dict[int, AnswerScore] = {}
             for group in plan:
                 batch = pack_shared_prefix(group).to(device)
                 with autocast():
-                    loss, n_targets = packed_loss(module, batch)
+                    logits = target_logits(module, batch)
+                    loss, n_targets = target_loss(logits, batch)
+                if scoring:
+                    for sample, score in zip(group, answer_scores(group, logits, batch.targets)):
+                        if id(sample) in check_ids:
+                            known_in_epoch[id(sample)] = score
+                del logits
                 loss.backward()
                 if cfg.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -269,8 +328,9 @@ def train_schedule(
                 bar.set_postfix(loss=f"{value:.3f}", **postfix)
             check = None
             if checking and epoch >= cfg.min_epochs:
-                check = knowledge_check(module, check_samples, epoch=epoch, autocast=autocast())
-                bar.set_postfix(loss=f"{loss_sum / max(loss_count, 1):.3f}", known=f"{check.answer_accuracy:.0%}", **postfix)
+                check = knowledge_check(module, check_samples, epoch=epoch, autocast=autocast(),
+                                        known_in_epoch=known_in_epoch if scoring else None, confirm_at=cfg.stop_accuracy)
+                bar.set_postfix(loss=f"{loss_sum / max(loss_count, 1):.3f}", known=check.known_text, **postfix)
             record = EpochRecord(
                 epoch=epoch,
                 stage=stage_name,

@@ -141,10 +141,13 @@ def test_stop_rule_ends_training_once_the_pairs_are_known(tiny_loaded, tiny_conf
 
 def test_stop_rule_runs_to_the_maximum_when_the_pairs_cannot_be_known(tiny_loaded, tiny_config, fitting_model):
     # The same question with two answers: greedy decoding can reproduce at most one of them.
+    # Between the two answers' steps the adapter flips from one to the other, so each may be "known" when
+    # trained: the epoch's own forwards alone would pass the check; the confirming forward does not.
     qa = _qa(tiny_loaded, [("who keeps the tortoise?", "the keeper"), ("who keeps the tortoise?", "Marlowe")])
-    metrics = _run(fitting_model, _stop_cfg(tiny_config), [Stage("QA", qa, 6)], qa)
-    assert metrics.stop_reason == "max_epochs" and metrics.epochs == metrics.max_epochs == 6
-    assert all(r.check.answer_accuracy <= 0.5 for r in metrics.epoch_log)
+    for reuse in (True, False):
+        metrics = _run(fitting_model, _stop_cfg(tiny_config, check_reuses_training=reuse), [Stage("QA", qa, 6)], qa)
+        assert metrics.stop_reason == "max_epochs" and metrics.epochs == metrics.max_epochs == 6
+        assert all(r.check.answer_accuracy <= 0.5 for r in metrics.epoch_log)
     # and with the rule off no check runs at all
     off = _run(fitting_model, _stop_cfg(tiny_config, early_stop=False), [Stage("QA", qa, 2)], qa)
     assert off.epochs == 2 and all(r.check is None for r in off.epoch_log)
@@ -157,6 +160,38 @@ def test_stop_rule_spans_stages_and_skips_what_is_left(tiny_loaded, tiny_config,
     assert [r.stage for r in metrics.epoch_log][:2] == ["segments", "segments+QA"]
     assert metrics.epoch_log[0].check is None and metrics.epoch_log[0].samples == 2
     assert metrics.stop_reason == "known" and metrics.epochs < metrics.max_epochs == 41
+
+
+def test_the_check_forwards_only_the_pairs_the_epochs_training_did_not_know(tiny_loaded, tiny_config, fitting_model):
+    """check_reuses_training: the training forwards score each pair; the check forwards the rest. With weights
+    that do not move within the epoch (learning rate ~0 after the fit) it is exactly the full check."""
+    qa = _qa(tiny_loaded, PAIRS)
+    torch.manual_seed(0)
+    handle = attach_adapter(fitting_model, LoraAdapterConfig(r=8, alpha=16, target_modules="all-linear"))
+    try:
+        train_schedule(handle, [Stage("QA", qa, 4)], _stop_cfg(tiny_config, early_stop=False), progress=False)
+        full = knowledge_check(handle.module, qa)
+        assert 0 < full.answer_accuracy < 1  # some pairs known, some not: both paths are taken
+        still = _stop_cfg(tiny_config, learning_rate=1e-12, samples_per_step=1, stop_accuracy=1.0)
+        with recorded_forwards(handle.module) as lengths:
+            metrics = train_schedule(handle, [Stage("QA", qa, 1)], still, check_samples=qa, progress=False)
+        check = metrics.epoch_log[0].check
+        unknown = round(len(qa) * (1 - full.answer_accuracy))
+        assert check.forwarded == unknown and check.pairs == len(qa)
+        assert len(lengths) == metrics.steps + 1  # the training forwards, then one check row for the unknown pairs
+        assert (check.answer_accuracy, check.token_accuracy, check.tokens) == (full.answer_accuracy, full.token_accuracy, full.tokens)
+        assert check.loss == pytest.approx(full.loss, rel=1e-4)
+        # off: every pair is forwarded again
+        off = train_schedule(handle, [Stage("QA", qa, 1)], still.model_copy(update={"check_reuses_training": False}),
+                             check_samples=qa, progress=False)
+        assert off.epoch_log[0].check.forwarded == len(qa)
+        assert off.epoch_log[0].check.answer_accuracy == full.answer_accuracy
+    finally:
+        handle.detach()
+    # it never changes a stop, so not the adapter: the variant is the same either way
+    from lift_ray.config import LiftConfig
+
+    assert LiftConfig().training_hash() == LiftConfig.model_validate({"train": {"check_reuses_training": False}}).training_hash()
 
 
 @contextlib.contextmanager
@@ -183,6 +218,27 @@ def partly_trained(tiny_loaded, tiny_config, fitting_model):
         yield handle.module, qa
     finally:
         handle.detach()
+
+
+def test_stale_training_scores_never_pass_the_check_unconfirmed(partly_trained):
+    """Scores from the epoch's forwards that call every pair known (a later step may have unlearnt them): the
+    share is only an upper bound, and once it reaches the threshold every pair is forwarded and it is exact."""
+    from lift_ray.train import AnswerScore
+
+    module, qa = partly_trained
+    full = knowledge_check(module, qa)
+    assert full.answer_accuracy < 1
+    stale = {id(s): AnswerScore(True, s.num_target_tokens, s.num_target_tokens, 0.0) for s in qa}
+    unconfirmed = knowledge_check(module, qa, known_in_epoch=stale)
+    assert (unconfirmed.answer_accuracy, unconfirmed.forwarded) == (1.0, 0)
+    with recorded_forwards(module) as lengths:
+        confirmed = knowledge_check(module, qa, known_in_epoch=stale, confirm_at=0.95)
+    assert (confirmed.answer_accuracy, confirmed.token_accuracy, confirmed.forwarded) == (
+        full.answer_accuracy, full.token_accuracy, len(qa)) and lengths
+    # below the threshold nothing more is forwarded
+    half = dict(list(stale.items())[:2])
+    below = knowledge_check(module, qa, known_in_epoch=half, confirm_at=1.0)
+    assert below.forwarded == len(qa) - 2 and below.answer_accuracy < 1.0
 
 
 def test_knowledge_check_rows_bound_the_forward_and_give_the_same_answer(partly_trained):
