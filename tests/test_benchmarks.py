@@ -114,3 +114,24 @@ def test_retrieval_benchmark_buckets_an_eval_set_by_where_its_evidence_lies(tiny
     devset.write_text(json.dumps({"id": "tiny-0", "style": "squad", "input": LONG_TEXT,
                                   "qa_pairs": [{"Q": "Who?", "A": ["the keeper"], "where": "beyond"}]}) + "\n")
     assert bench._documents(devset, engine) == [("tiny-0", LONG_TEXT, [("Who?", ["the keeper"], "beyond-squad")])]
+
+
+def test_stop_check_pairs_the_full_check_with_the_absorbs_own_and_restores_it(tiny_loaded, tiny_config):
+    """Each check the absorb runs is paired with a full check on the same weights; same stop decisions."""
+    import lift_ray.train
+
+    bench = _load("stop_check")
+    cfg = tiny_config.model_copy(update={"train": tiny_config.train.model_copy(update={
+        "early_stop": True, "min_epochs": 1, "stop_accuracy": 1.0, "check_reuses_training": True})})
+    engine = LiftEngine(tiny_loaded, cfg, AdapterStore(cfg.store.uri))
+    paired = bench.PairedChecks(cfg.train.stop_accuracy)
+    real = lift_ray.train.knowledge_check
+    lift_ray.train.knowledge_check = paired
+    try:
+        result = engine.absorb(LONG_TEXT, progress=False)
+    finally:
+        lift_ray.train.knowledge_check = real
+    assert paired.rows and len(paired.rows) == sum(r.check is not None for r in result.training.epoch_log)
+    for row, record in zip(paired.rows, [r for r in result.training.epoch_log if r.check is not None]):
+        assert row["used"] == record.check.answer_accuracy and row["forwarded"] == record.check.forwarded
+        assert row["same_stop"] and row["used"] >= row["full"]  # the reused share is an upper bound
