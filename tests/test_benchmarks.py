@@ -121,8 +121,11 @@ def test_stop_check_pairs_the_full_check_with_the_absorbs_own_and_restores_it(ti
     import lift_ray.train
 
     bench = _load("stop_check")
-    cfg = tiny_config.model_copy(update={"train": tiny_config.train.model_copy(update={
-        "early_stop": True, "min_epochs": 1, "stop_accuracy": 1.0, "check_reuses_training": True})})
+    cfg = tiny_config.model_copy(update={
+        "train": tiny_config.train.model_copy(update={"early_stop": True, "min_epochs": 1, "stop_accuracy": 1.0,
+                                                      "check_reuses_training": True}),
+        "aux_qa": tiny_config.aux_qa.model_copy(update={"stage1_epochs": 0, "stage2_epochs": 2}),
+    })
     engine = LiftEngine(tiny_loaded, cfg, AdapterStore(cfg.store.uri))
     paired = bench.PairedChecks(cfg.train.stop_accuracy)
     real = lift_ray.train.knowledge_check
