@@ -32,13 +32,21 @@ from lift_ray.store import AdapterStore  # noqa: E402
 
 
 class PairedChecks:
-    """Wraps :func:`lift_ray.train.knowledge_check` (the trainer looks it up at call time): the full check,
-    then the absorb's own, on the same weights; records both and returns the absorb's."""
+    """Stands in for :func:`lift_ray.train.knowledge_check` while in a ``with`` block (the trainer looks it
+    up at call time): the full check, then the absorb's own, on the same weights; records both and returns
+    the absorb's."""
 
     def __init__(self, stop_accuracy: float):
         self.real = lift_ray.train.knowledge_check
         self.stop_accuracy = stop_accuracy
         self.rows: list[dict] = []
+
+    def __enter__(self) -> "PairedChecks":
+        lift_ray.train.knowledge_check = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        lift_ray.train.knowledge_check = self.real
 
     def __call__(self, module, samples, **kwargs):
         start = time.perf_counter()
@@ -77,10 +85,8 @@ def main() -> None:
         engine = LiftEngine.from_config(cfg, store=AdapterStore(tmp))
         if not engine.config.train.check_reuses_training:
             raise SystemExit("the default config does not reuse the training forwards: nothing to compare")
-        paired = PairedChecks(engine.config.train.stop_accuracy)
-        lift_ray.train.knowledge_check = paired
         results = []
-        try:
+        with PairedChecks(engine.config.train.stop_accuracy) as paired:
             for name, text in documents(args):
                 paired.rows.clear()
                 result = engine.absorb(text, progress=False)
@@ -91,8 +97,6 @@ def main() -> None:
                 results.append({"doc": name, "epochs": training.epochs, "stop": training.stop_reason,
                                 "checks": list(paired.rows), "full_s": round(full_s, 2), "used_s": round(used_s, 2),
                                 "absorb_s": round(absorb_s, 2), "previous_absorb_s": round(absorb_s - used_s + full_s, 2)})
-        finally:
-            lift_ray.train.knowledge_check = paired.real
     print("| document | epochs | checks | pairs forwarded per check | check s, full → reusing | absorb s, full check → reusing | same stops |")
     print("|---|---|---|---|---|---|---|")
     for r in results:

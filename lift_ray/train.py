@@ -170,9 +170,9 @@ def knowledge_check(
         raise ValueError("no samples to check")
     start = time.perf_counter()
     device = next(module.parameters()).device
-    known = known_in_epoch or {}
-    reused = [s for s in samples if id(s) in known and known[id(s)].known]
-    rest = [s for s in samples if not (id(s) in known and known[id(s)].known)]
+    known = {key: score for key, score in (known_in_epoch or {}).items() if score.known}
+    reused = [s for s in samples if id(s) in known]
+    rest = [s for s in samples if id(s) not in known]
     was_training = module.training
     module.eval()
 
@@ -306,7 +306,7 @@ def train_schedule(
                 with autocast():
                     logits = target_logits(module, batch)
                     loss, n_targets = target_loss(logits, batch)
-                if scoring:
+                if scoring and any(id(sample) in check_ids for sample in group):  # a step of segments only has none
                     for sample, score in zip(group, answer_scores(group, logits, batch.targets)):
                         if id(sample) in check_ids:
                             known_in_epoch[id(sample)] = score

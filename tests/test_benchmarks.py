@@ -127,13 +127,10 @@ def test_stop_check_pairs_the_full_check_with_the_absorbs_own_and_restores_it(ti
         "aux_qa": tiny_config.aux_qa.model_copy(update={"stage1_epochs": 0, "stage2_epochs": 2}),
     })
     engine = LiftEngine(tiny_loaded, cfg, AdapterStore(cfg.store.uri))
-    paired = bench.PairedChecks(cfg.train.stop_accuracy)
     real = lift_ray.train.knowledge_check
-    lift_ray.train.knowledge_check = paired
-    try:
+    with bench.PairedChecks(cfg.train.stop_accuracy) as paired:
         result = engine.absorb(LONG_TEXT, progress=False)
-    finally:
-        lift_ray.train.knowledge_check = real
+    assert lift_ray.train.knowledge_check is real
     assert paired.rows and len(paired.rows) == sum(r.check is not None for r in result.training.epoch_log)
     for row, record in zip(paired.rows, [r for r in result.training.epoch_log if r.check is not None]):
         assert row["used"] == record.check.answer_accuracy and row["forwarded"] == record.check.forwarded
