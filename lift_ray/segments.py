@@ -10,15 +10,17 @@ in several positions. Each segment becomes one SFT conversation:
 with the loss on the assistant tokens only. The truncated view is the same head+tail view the
 model sees at inference in icl / lift+icl mode, so training and test formats agree.
 
-Samples keep the length of their shared prefix (everything before the reply): samples with the
-same prefix can be packed into one sequence where the prefix is computed once (see
-:func:`pack_shared_prefix`).
+Samples keep the length of their shared prefix (the part every sample of its kind has, e.g. the
+context): samples with the same prefix are grouped into one training step, packed into one sequence
+as a token tree in which every prompt token they share is computed once (see :func:`pack_groups`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
+import numpy as np
 import torch
 
 from lift_ray.text import normalize_text  # noqa: F401  (the hashed normal form; re-exported for callers of segments)
@@ -227,70 +229,111 @@ class PackedBatch:
         )
 
 
-def pack_shared_prefix(samples: list[Sample]) -> PackedBatch:
-    """One sequence: the shared prefix once, then each sample's reply as its own branch.
+# What a group's samples may share: every token before their first target, or only their prefix_len.
+Shared = Literal["prompt", "prefix"]
 
-    Each branch attends causally to the prefix and to itself, never to another branch, and its
-    positions continue from the prefix, so the logits of every reply token equal those of the
-    sample run alone (a tree attention mask). The samples must share their prefix.
+
+def pack_shared_prefix(samples: list[Sample], shared: Shared = "prompt") -> PackedBatch:
+    """One sequence holding the samples as a tree: the tokens they share computed once (see :func:`pack_groups`)."""
+    return pack_groups([samples], shared)
+
+
+def _shared_part(sample: Sample, shared: Shared) -> int:
+    """How many leading tokens of ``sample`` may be shared with other samples of its group: everything
+    before its first target ("prompt"), or only its ``prefix_len`` ("prefix", the packing before stop 43)."""
+    first_target = next((i for i, label in enumerate(sample.labels) if label != IGNORE_INDEX), len(sample.labels))
+    if shared == "prefix":
+        if sample.prefix_len > first_target:
+            raise ValueError("samples must have a non-empty prefix without targets")
+        return sample.prefix_len
+    if shared != "prompt":
+        raise ValueError(f"shared must be 'prompt' or 'prefix', not {shared!r}")
+    return first_target
+
+
+@dataclasses.dataclass
+class _Tree:
+    """One group of samples as a token tree, flattened: parents before children."""
+
+    ids: list[int] = dataclasses.field(default_factory=list)
+    labels: list[int] = dataclasses.field(default_factory=list)
+    positions: list[int] = dataclasses.field(default_factory=list)
+    parents: list[int] = dataclasses.field(default_factory=list)  # the token each continues; -1 for the first
+    logit_positions: list[int] = dataclasses.field(default_factory=list)  # the token predicting each target
+    targets: list[int] = dataclasses.field(default_factory=list)
+    negative: list[bool] = dataclasses.field(default_factory=list)
+
+    def add(self, token: int, label: int, parent: int) -> int:
+        self.ids.append(token)
+        self.labels.append(label)
+        self.positions.append(self.positions[parent] + 1 if parent >= 0 else 0)
+        self.parents.append(parent)
+        return len(self.ids) - 1
+
+
+def _tree(samples: list[Sample], shared: Shared) -> _Tree:
+    if shared == "prefix" and len({tuple(s.input_ids[: s.prefix_len]) for s in samples}) > 1:
+        raise ValueError("shared='prefix' needs samples with identical prefixes")
+    tree = _Tree()
+    nodes: dict[tuple[int, int], int] = {}  # (parent, token id) -> index of the shared token
+    for s in samples:
+        k = _shared_part(s, shared)
+        if k < 1:
+            raise ValueError("samples must have a non-empty prefix without targets")
+        at = -1
+        for token in s.input_ids[:k]:
+            node = nodes.get((at, token))
+            if node is None:
+                node = nodes[(at, token)] = tree.add(token, IGNORE_INDEX, at)
+            at = node
+        for token, label in zip(s.input_ids[k:], s.labels[k:]):
+            if label != IGNORE_INDEX:  # predicted by the token before it, which may be shared
+                tree.logit_positions.append(at)
+                tree.targets.append(label)
+                tree.negative.append(s.negative)
+            at = tree.add(token, label, at)
+    return tree
+
+
+def pack_groups(groups: list[list[Sample]], shared: Shared = "prompt") -> PackedBatch:
+    """Groups of samples in one sequence, each group a token tree (a trie of its samples' prompts).
+
+    Within a group, the samples' prompts (every token before a sample's first target) are merged where
+    they start alike: a shared token is computed once and attends only to its own ancestors, then each
+    sample's reply follows as its own branch. Positions are depths in the tree, so every target gets
+    the logits it would have with its sample run alone (a tree attention mask). So a step's samples
+    share the document view, the prompt's wording and any question they begin alike ("Question:
+    What"), not just the view. Groups see nothing of each other and their positions start at 0 (the
+    knowledge check packs rows of many groups). ``shared="prefix"`` merges only each sample's
+    ``prefix_len`` tokens and needs them identical within a group: the packing before stop 43, kept as
+    ``benchmarks/packing.py``'s baseline.
     """
-    return pack_groups([samples])
-
-
-def pack_groups(groups: list[list[Sample]]) -> PackedBatch:
-    """Several shared-prefix groups in one sequence (see :func:`pack_shared_prefix`).
-
-    Each group is a tree (its prefix once, one branch per sample) that sees nothing of the other
-    groups, and its positions start at 0, so one forward gives every target the logits it would
-    have alone. Used for a training step (one group) and for the knowledge check (rows of the
-    document's pairs, many groups each).
-    """
+    trees = [_tree(samples, shared) for samples in groups]
     ids: list[int] = []
     labels: list[int] = []
     pos: list[int] = []
-    trees: list[tuple[int, int, list[tuple[int, int]]]] = []  # (group start, prefix end, branches)
+    parents: list[int] = []
     logit_positions: list[int] = []
     targets: list[int] = []
     negative: list[bool] = []
-    for samples in groups:
-        first = samples[0]
-        prefix = first.input_ids[: first.prefix_len]
-        for s in samples[1:]:
-            if s.prefix_len != first.prefix_len or s.input_ids[: s.prefix_len] != prefix:
-                raise ValueError("pack_shared_prefix needs samples with identical prefixes")
-        p = len(prefix)
-        if p < 1 or any(x != IGNORE_INDEX for x in first.labels[:p]):
-            raise ValueError("samples must have a non-empty prefix without targets")
+    for tree in trees:
         base = len(ids)
-        ids += prefix
-        labels += first.labels[:p]
-        pos += range(p)
-        branches: list[tuple[int, int]] = []
-        for s in samples:
-            start = len(ids)
-            reply = s.input_ids[p:]
-            for j, label in enumerate(s.labels[p:]):
-                if label != IGNORE_INDEX:
-                    # The first reply token is predicted by the prefix's last token, shared by all branches.
-                    logit_positions.append(base + p - 1 if j == 0 else start + j - 1)
-                    targets.append(label)
-                    negative.append(s.negative)
-            ids += reply
-            labels += s.labels[p:]
-            pos += range(p, p + len(reply))
-            branches.append((start, len(ids)))
-        trees.append((base, base + p, branches))
-    t = len(ids)
+        ids += tree.ids
+        labels += tree.labels
+        pos += tree.positions
+        parents += [p + base if p >= 0 else -1 for p in tree.parents]
+        logit_positions += [i + base for i in tree.logit_positions]
+        targets += tree.targets
+        negative += tree.negative
     mask = None
     if len(groups) > 1 or len(groups[0]) > 1:
-        mask = torch.zeros(t, t, dtype=torch.bool)
-        causal = torch.ones(t, t, dtype=torch.bool).tril()
-        for base, prefix_end, branches in trees:
-            mask[base:prefix_end, base:prefix_end] = causal[base:prefix_end, base:prefix_end]
-            for a, b in branches:
-                mask[a:b, base:prefix_end] = True
-                mask[a:b, a:b] = causal[a:b, a:b]
-        mask = mask[None, None]
+        # a token sees its ancestors and itself; parents come first, so one pass builds every row
+        rows = np.zeros((len(ids), len(ids)), dtype=bool)
+        for i, p in enumerate(parents):
+            if p >= 0:
+                rows[i] = rows[p]
+            rows[i, i] = True
+        mask = torch.from_numpy(rows)[None, None]
     return PackedBatch(
         input_ids=torch.tensor([ids]),
         labels=torch.tensor([labels]),
@@ -301,6 +344,11 @@ def pack_groups(groups: list[list[Sample]]) -> PackedBatch:
         num_tokens_unpacked=sum(len(s.input_ids) for g in groups for s in g),
         negative=torch.tensor(negative, dtype=torch.bool) if any(negative) else None,
     )
+
+
+def packed_length(samples: list[Sample]) -> int:
+    """Tokens of :func:`pack_shared_prefix` over ``samples``: the size of their tree."""
+    return len(_tree(samples, "prompt").ids)
 
 
 def group_for_packing(samples: list[Sample], per_step: int, max_tokens: int | None = None) -> list[list[Sample]]:

@@ -2,8 +2,9 @@
 
 Every shell (CLI, Ray workers, benchmarks) trains through :func:`train_schedule` (or its one-stage
 form :func:`train_adapter`). Samples that share a prefix (the truncated document context) are
-packed into one sequence per optimiser step with a tree attention mask, so the shared context is
-computed once per step instead of once per sample (:func:`lift_ray.segments.pack_shared_prefix`).
+packed into one sequence per optimiser step as a token tree with a tree attention mask, so the shared
+context, and the prompt wording the samples begin alike, is computed once per step instead of once
+per sample (:func:`lift_ray.segments.pack_groups`).
 Logits are computed only where a target token is predicted, which skips most of the LM head on
 long prompts.
 
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 
 from lift_ray.adapters.base import AdapterHandle
 from lift_ray.config import TrainConfig
-from lift_ray.segments import PackedBatch, Sample, group_for_packing, pack_groups, pack_shared_prefix
+from lift_ray.segments import PackedBatch, Sample, group_for_packing, pack_groups, pack_shared_prefix, packed_length
 from lift_ray.store import EpochRecord, KnowledgeCheck, TrainMetrics
 
 
@@ -111,7 +112,7 @@ def _check_rows(samples: Sequence[Sample], row_tokens: int) -> list[list[list[Sa
     rows: list[list[list[Sample]]] = []
     used = 0
     for group in groups:
-        size = group[0].prefix_len + sum(len(s.input_ids) - s.prefix_len for s in group)
+        size = packed_length(group)
         if not rows or used + size > row_tokens:
             rows.append([])
             used = 0

@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from conftest import LONG_TEXT
 from lift_ray.infer import LiftEngine
 from lift_ray.store import AdapterStore, doc_id_for
@@ -135,3 +137,25 @@ def test_stop_check_pairs_the_full_check_with_the_absorbs_own_and_restores_it(ti
     for row, record in zip(paired.rows, [r for r in result.training.epoch_log if r.check is not None]):
         assert row["used"] == record.check.answer_accuracy and row["forwarded"] == record.check.forwarded
         assert row["same_stop"] and row["used"] >= row["full"]  # the reused share is an upper bound
+
+
+def test_packing_benchmark_compares_the_tree_with_the_prefix_packing_and_restores_it(tiny_loaded, tiny_config):
+    """Both packings train the same steps to the same losses (float rounding aside); the tree computes fewer
+    tokens, since the QA samples share the question prompt's wording past their view."""
+    import lift_ray.train
+
+    bench = _load("packing")
+    cfg = tiny_config.model_copy(update={
+        "aux_qa": tiny_config.aux_qa.model_copy(update={"stage1_epochs": 0, "stage2_epochs": 2}),
+        "train": tiny_config.train.model_copy(update={"step_tokens": 400}),  # several QA samples a step
+    })
+    engine = LiftEngine(tiny_loaded, cfg, AdapterStore(cfg.store.uri))
+    real = lift_ray.train.pack_shared_prefix, lift_ray.train.pack_groups, lift_ray.train.packed_length
+    prefix = bench.absorb(engine, LONG_TEXT, "prefix")
+    assert (lift_ray.train.pack_shared_prefix, lift_ray.train.pack_groups, lift_ray.train.packed_length) == real
+    tree = bench.absorb(engine, LONG_TEXT, "tree")
+    assert prefix["epochs"] == tree["epochs"] == 2 and prefix["sample_tokens"] == tree["sample_tokens"]
+    assert tree["computed_tokens"] < prefix["computed_tokens"]
+    # the same steps to float rounding; at the tiny model's lr 1e-2 that rounding grows over the steps
+    assert tree["losses"][0] == pytest.approx(prefix["losses"][0], rel=1e-4)
+    assert tree["losses"] == pytest.approx(prefix["losses"], rel=0.02)

@@ -6,7 +6,9 @@ import torch
 from conftest import LONG_TEXT
 from lift_ray.adapters import attach_adapter
 from lift_ray.config import LoraAdapterConfig, TrainConfig
-from lift_ray.segments import IGNORE_INDEX, Sample, build_prompt_ids, chat_format, pack_groups, pack_shared_prefix, segment_samples
+from lift_ray.segments import (
+    IGNORE_INDEX, Sample, build_prompt_ids, chat_format, pack_groups, pack_shared_prefix, packed_length, segment_samples,
+)
 from lift_ray.train import Stage, knowledge_check, packed_loss, target_logits, train_adapter, train_schedule
 
 
@@ -289,6 +291,35 @@ def test_pack_groups_gives_each_group_its_own_logits(tiny_loaded, tiny_config):
         together = target_logits(model, pack_groups([a, b]))
         apart = torch.cat([target_logits(model, pack_shared_prefix(a)), target_logits(model, pack_shared_prefix(b))])
     assert torch.allclose(together, apart, atol=1e-5)
+
+
+def test_tree_packing_computes_shared_prompt_tokens_once_with_the_logits_of_each_sample_alone(tiny_loaded):
+    """A step's prompts merge wherever they start alike, past the shared view ("\n\nwhat is ..."), and
+    the same question asked twice (two answers, or a distractor) shares its whole prompt; every target
+    still gets its logits from its own sample's tokens only."""
+    qa = _qa(tiny_loaded, [*PAIRS, ("what is the tortoise named?", "Marlowe the Third")])
+    wrong = tiny_loaded.tokenizer(" Lock", add_special_tokens=False)["input_ids"][:1]
+    prompt = qa[0].input_ids[: len(qa[0].input_ids) - qa[0].num_target_tokens]
+    qa.append(Sample(prompt + wrong, [IGNORE_INDEX] * len(prompt) + wrong, qa[0].prefix_len, "qa", negative=True))
+    model = tiny_loaded.model
+    tree, by_prefix = pack_shared_prefix(qa), pack_shared_prefix(qa, shared="prefix")
+    p = qa[0].prefix_len
+    assert by_prefix.input_ids.shape[1] == p + sum(len(s.input_ids) - p for s in qa)  # the view once, nothing more
+    saved = by_prefix.input_ids.shape[1] - tree.input_ids.shape[1]
+    whole_prompt = len(prompt) - p  # the distractor's and the repeated question's prompts are merged whole
+    assert saved >= 2 * whole_prompt + 2  # ... and the questions beginning "\n\nwhat" share those tokens too
+    assert packed_length(qa) == tree.input_ids.shape[1]
+    with torch.no_grad():
+        alone = torch.cat([target_logits(model, pack_shared_prefix([s])) for s in qa])
+        assert torch.allclose(target_logits(model, tree), alone, atol=1e-5)
+        assert torch.allclose(target_logits(model, by_prefix), alone, atol=1e-5)
+        assert packed_loss(model, tree)[0].item() == pytest.approx(packed_loss(model, by_prefix)[0].item(), rel=1e-5)
+    # positions are depths: the repeated question's answer starts at its own prompt length
+    mask = tree.attention_mask[0, 0]
+    assert bool(mask.tril().eq(mask).all())  # parents come first
+    assert torch.equal(mask.sum(-1) - 1, tree.position_ids[0])  # each token sees exactly its ancestors and itself
+    with pytest.raises(ValueError, match="identical prefixes"):
+        pack_groups([[qa[0], _qa(tiny_loaded, PAIRS[:1], view="Another view.")[0]]], shared="prefix")
 
 
 def test_bf16_autocast_trains_fp32_adapter_weights(tiny_loaded, tiny_config, fitting_model):
