@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import lift_ray.train  # noqa: E402
+from benchmarks.stop_check import document_arguments, documents  # noqa: E402
 from lift_ray.absorb import auxiliary_pairs  # noqa: E402
 from lift_ray.config import build_config  # noqa: E402
-from lift_ray.demo import sample_document  # noqa: E402
 from lift_ray.infer import LiftEngine  # noqa: E402
 from lift_ray.segments import pack_groups, pack_shared_prefix  # noqa: E402
 from lift_ray.store import AdapterStore, doc_id_for  # noqa: E402
@@ -56,14 +56,6 @@ def prefix_packing():
         lift_ray.train.pack_shared_prefix, lift_ray.train.pack_groups, lift_ray.train.packed_length = saved
 
 
-def documents(args) -> list[tuple[str, str]]:
-    docs = [] if args.no_sample else [("sample", sample_document())]
-    for path in args.data or []:
-        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-        docs += [(r.get("id") or r.get("title") or f"doc-{i}", r["input"]) for i, r in enumerate(rows[: args.docs])]
-    return docs
-
-
 def absorb(engine: LiftEngine, text: str, packing: str) -> dict:
     with prefix_packing() if packing == "prefix" else contextlib.nullcontext():
         result = engine.absorb(text, progress=False, force=True)
@@ -77,12 +69,7 @@ def absorb(engine: LiftEngine, text: str, packing: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", action="append", help="an eval set (JSONL, lift-ray eval's format); repeatable")
-    parser.add_argument("--docs", type=int, default=2, help="documents taken from each --data set")
-    parser.add_argument("--no-sample", action="store_true", help="leave out the shipped sample document")
-    parser.add_argument("--context-window", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", help="write the rows as JSON here")
+    document_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = build_config(None, {"segments": {"context_window": args.context_window}})

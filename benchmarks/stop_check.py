@@ -62,6 +62,16 @@ class PairedChecks:
         return used
 
 
+def document_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the absorb benchmarks (this one and ``packing.py``): which documents, W, threads, output."""
+    parser.add_argument("--data", action="append", help="an eval set (JSONL, lift-ray eval's format); repeatable")
+    parser.add_argument("--docs", type=int, default=2, help="documents taken from each --data set")
+    parser.add_argument("--no-sample", action="store_true", help="leave out the shipped sample document")
+    parser.add_argument("--context-window", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", help="write the rows as JSON here")
+
+
 def documents(args) -> list[tuple[str, str]]:
     docs = [] if args.no_sample else [("sample", sample_document())]
     for path in args.data or []:
@@ -72,12 +82,7 @@ def documents(args) -> list[tuple[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", action="append", help="an eval set (JSONL, lift-ray eval's format); repeatable")
-    parser.add_argument("--docs", type=int, default=2, help="documents taken from each --data set")
-    parser.add_argument("--no-sample", action="store_true", help="leave out the shipped sample document")
-    parser.add_argument("--context-window", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", help="write the rows as JSON here")
+    document_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = build_config(None, {"segments": {"context_window": args.context_window}})
