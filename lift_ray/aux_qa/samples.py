@@ -25,9 +25,9 @@ def qa_samples(
 
     user = truncated head…tail view of ``context_window`` tokens + "\\n\\n" + answer_prompt(question);
     reply = the answer; the loss covers the answer and ``fmt.reply_end`` only. ``prefix_len`` is
-    the part every QA sample of the document shares (chat header + view), so
-    :func:`lift_ray.segments.pack_shared_prefix` computes the view once per step and treats each
-    question + answer as its own branch.
+    the part every QA sample of the document shares (chat header + view): samples with equal prefixes
+    train in one step, which :func:`lift_ray.segments.pack_groups` packs as a token tree (the view and
+    the prompt wording once, questions that begin alike sharing those tokens, each answer a branch).
 
     ``view_for`` (question → view token ids) trains each pair in its own view instead, e.g. the chunks
     retrieval picks for that question (the rag / lift+rag prompt); such samples share only the chat
