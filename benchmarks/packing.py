@@ -19,27 +19,18 @@ import contextlib
 import functools
 import json
 import sys
-import tempfile
 from pathlib import Path
-
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import lift_ray.train  # noqa: E402
-from benchmarks.stop_check import document_arguments, documents  # noqa: E402
+from benchmarks.stop_check import default_engine, document_arguments, documents  # noqa: E402
 from lift_ray.absorb import auxiliary_pairs  # noqa: E402
-from lift_ray.config import build_config  # noqa: E402
 from lift_ray.infer import LiftEngine  # noqa: E402
-from lift_ray.segments import pack_groups, pack_shared_prefix  # noqa: E402
-from lift_ray.store import AdapterStore, doc_id_for  # noqa: E402
+from lift_ray.segments import pack_groups, pack_shared_prefix, packed_length  # noqa: E402
+from lift_ray.store import doc_id_for  # noqa: E402
 from lift_ray.text import check_document_text  # noqa: E402
-
-
-def _prefix_length(samples) -> int:
-    p = samples[0].prefix_len
-    return p + sum(len(s.input_ids) - p for s in samples)
 
 
 @contextlib.contextmanager
@@ -49,7 +40,7 @@ def prefix_packing():
     saved = lift_ray.train.pack_shared_prefix, lift_ray.train.pack_groups, lift_ray.train.packed_length
     lift_ray.train.pack_shared_prefix = functools.partial(pack_shared_prefix, shared="prefix")
     lift_ray.train.pack_groups = functools.partial(pack_groups, shared="prefix")
-    lift_ray.train.packed_length = _prefix_length
+    lift_ray.train.packed_length = functools.partial(packed_length, shared="prefix")
     try:
         yield
     finally:
@@ -71,11 +62,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     document_arguments(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    cfg = build_config(None, {"segments": {"context_window": args.context_window}})
     results = []
-    with tempfile.TemporaryDirectory(prefix="lift-ray-packing-") as tmp:
-        engine = LiftEngine.from_config(cfg, store=AdapterStore(tmp))
+    with default_engine(args, "lift-ray-packing-") as engine:
         for i, (name, text) in enumerate(documents(args)):
             text = check_document_text(text, engine.config.segments.max_document_chars)
             # the QA pairs go into the store first, so neither run pays for writing them

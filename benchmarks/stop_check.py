@@ -13,10 +13,12 @@ what the default costs; the absorb it replaced cost that plus the difference of 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -72,6 +74,15 @@ def document_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="write the rows as JSON here")
 
 
+@contextlib.contextmanager
+def default_engine(args, prefix: str) -> Iterator[LiftEngine]:
+    """The default config at ``--context-window`` with ``--threads`` torch threads, over a temporary store."""
+    torch.set_num_threads(args.threads)
+    cfg = build_config(None, {"segments": {"context_window": args.context_window}})
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield LiftEngine.from_config(cfg, store=AdapterStore(tmp))
+
+
 def documents(args) -> list[tuple[str, str]]:
     docs = [] if args.no_sample else [("sample", sample_document())]
     for path in args.data or []:
@@ -84,10 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     document_arguments(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    cfg = build_config(None, {"segments": {"context_window": args.context_window}})
-    with tempfile.TemporaryDirectory(prefix="lift-ray-stop-check-") as tmp:
-        engine = LiftEngine.from_config(cfg, store=AdapterStore(tmp))
+    with default_engine(args, "lift-ray-stop-check-") as engine:
         if not engine.config.train.check_reuses_training:
             raise SystemExit("the default config does not reuse the training forwards: nothing to compare")
         results = []

@@ -346,9 +346,9 @@ def pack_groups(groups: list[list[Sample]], shared: Shared = "prompt") -> Packed
     )
 
 
-def packed_length(samples: list[Sample]) -> int:
+def packed_length(samples: list[Sample], shared: Shared = "prompt") -> int:
     """Tokens of :func:`pack_shared_prefix` over ``samples``: the size of their tree."""
-    return len(_tree(samples, "prompt").ids)
+    return len(_tree(samples, shared).ids)
 
 
 def group_for_packing(samples: list[Sample], per_step: int, max_tokens: int | None = None) -> list[list[Sample]]:
