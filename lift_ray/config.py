@@ -100,7 +100,8 @@ class AuxQAConfig(_Base):
         "sentence: subject-side, object-side and cloze questions; for small models), 'llm' (a chat model writes "
         "them; checked against the text). None: the profile's choice.",
     )
-    max_pairs: int = Field(64, ge=1, description="At most this many verified QA pairs per document, spread over it.")
+    max_pairs: int = Field(64, ge=1, description="At most this many verified QA pairs per document: round-robin over its sentences, "
+                           "answers stated in the fewest sentences first (a document's topic last).")
     max_pairs_per_sentence: int = Field(
         2, ge=1, description="Rule generator: pairs per sentence (the AT density); its names, numbers, dates and "
         "codes get questions_per_fact each even past it.",

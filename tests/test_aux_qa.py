@@ -24,6 +24,7 @@ from lift_ray.aux_qa import (
     verify,
     verify_pairs,
 )
+from lift_ray.aux_qa.cache import answer_spread, spread
 from lift_ray.chat import LocalChatBackend, OpenAIChatBackend, PromptTooLong
 from lift_ray.config import AuxQAConfig, ConfigError, InferenceConfig, LiftConfig, SegmentConfig, build_config
 from lift_ray.infer import build_question_prompt
@@ -1104,3 +1105,25 @@ def test_qa_samples_ask_the_short_form_where_asked_to(tiny_loaded):
     assert short[0].input_ids == sum(_expected_qa_sample(tok, asked, "icl", view), [])
     assert full[0].input_ids == sum(_expected_qa_sample(tok, pairs[0], "icl", view), []) != short[0].input_ids
     assert short[1].input_ids == full[1].input_ids  # no short form: the full question
+
+
+def test_the_pair_cap_keeps_answers_stated_once_before_the_documents_topic():
+    """aux_qa.max_pairs: given the sentences, each sentence offers first the pairs whose answer stands in the
+    fewest sentences, and a round the cap cuts short takes those first; the document's topic, in most
+    sentences, goes last. Without sentences the generator's order decides, as before."""
+    sentences = ["Harlow Bay is a fishing town.", "The lighthouse of Harlow Bay was designed by Ada Venn.",
+                 "Harlow Bay holds a regatta in May.", "The winning crew of Harlow Bay gets a copper kettle."]
+    pair = lambda q, a, i: QAPair(question=q, answer=a, evidence=sentences[i], sentence_index=i, generator="rules:object")  # noqa: E731
+    pairs = [pair("What is a fishing town?", "Harlow Bay", 0),
+             pair("The lighthouse of ____ was designed by Ada Venn.", "Harlow Bay", 1),
+             pair("Who designed the lighthouse?", "Ada Venn", 1),
+             pair("Which town holds a regatta?", "Harlow Bay", 2), pair("When is the regatta?", "May", 2),
+             pair("Whose winning crew gets a copper kettle?", "Harlow Bay", 3),
+             pair("What does the winning crew get?", "copper kettle", 3)]
+    assert answer_spread("harlow bay", sentences) == 4 and answer_spread("May", sentences) == 1
+    kept = spread(pairs, 4, sentences)
+    assert [p.answer for p in kept] == ["Harlow Bay", "Ada Venn", "May", "copper kettle"]  # one per sentence, the rarest
+    assert [p.answer for p in spread(pairs, 3, sentences)] == ["Ada Venn", "May", "copper kettle"]
+    assert spread(pairs, 4) == [pairs[0], pairs[1], pairs[3], pairs[5]]  # the generator's first per sentence
+    assert [p.answer for p in spread(pairs, 5, sentences)].count("Harlow Bay") == 2  # then round two, rarest first
+    assert spread(pairs, 99, sentences) == pairs  # under the cap: every pair, in document order

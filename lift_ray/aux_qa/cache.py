@@ -10,18 +10,42 @@ from lift_ray.aux_qa.evidence import split_sentences, verify_pairs
 from lift_ray.text import atomic_write
 from lift_ray.aux_qa.pairs import CACHE_VERSION, AuxQAError, QAGenerator, QAPair, QAReport
 
-def spread(pairs: list[QAPair], limit: int) -> list[QAPair]:
-    """At most ``limit`` pairs, taken round-robin over sentences so they cover the whole document."""
+def answer_spread(answer: str, sentences: list[str]) -> int:
+    """In how many of the document's sentences ``answer`` stands (whole words, any case)."""
+    pattern = re.compile(r"(?<!\w)" + re.escape(answer.strip().lower()) + r"(?!\w)")
+    return sum(bool(pattern.search(s.lower())) for s in sentences)
+
+
+def spread(pairs: list[QAPair], limit: int, sentences: list[str] | None = None) -> list[QAPair]:
+    """At most ``limit`` pairs, taken round-robin over sentences so they cover the whole document.
+
+    With the document's ``sentences``, each sentence offers first its pairs whose answer stands in
+    the fewest sentences, and a round the cap cuts short takes those first too: the document's topic
+    ("Port Quillon" in most sentences) is in any view of it and is rarely what a reader asks, while a
+    pair per sentence answering it teaches the adapter to answer the topic; a name or a number stated
+    once is what only the adapter can give beyond the window.
+    """
     by_sentence: dict[int, list[int]] = {}
     for i, p in enumerate(pairs):
         by_sentence.setdefault(p.sentence_index, []).append(i)
+    known: dict[str, int] = {}
+
+    def common(i: int) -> int:  # 0 without sentences: the generator's order
+        if sentences is None:
+            return 0
+        answer = pairs[i].answer
+        if answer not in known:
+            known[answer] = answer_spread(answer, sentences)
+        return known[answer]
+
+    for members in by_sentence.values():
+        members.sort(key=lambda i: (common(i), i))
     keys = sorted(by_sentence)
     chosen: list[int] = []
     rank = 0
     while len(chosen) < limit and any(rank < len(by_sentence[k]) for k in keys):
-        for k in keys:
-            if rank < len(by_sentence[k]) and len(chosen) < limit:
-                chosen.append(by_sentence[k][rank])
+        offered = [by_sentence[k][rank] for k in keys if rank < len(by_sentence[k])]
+        chosen += sorted(offered, key=lambda i: (common(i), pairs[i].sentence_index))[: limit - len(chosen)]
         rank += 1
     return [pairs[i] for i in sorted(chosen, key=lambda i: (pairs[i].sentence_index, i))]
 
@@ -55,7 +79,7 @@ def generate_report(text: str, doc_id: str, generator: QAGenerator, cache_root: 
     sentences = split_sentences(text)
     raw = generator.generate(text, sentences)
     kept, dropped = verify_pairs(raw, text, sentences)
-    kept = spread(kept, generator.max_pairs)
+    kept = spread(kept, generator.max_pairs, sentences)
     report = QAReport(doc_id=doc_id, generator=generator.kind, settings=generator.settings(), generated=len(raw), dropped=dropped, pairs=kept)
     atomic_write(path, report.model_dump_json(indent=1))
     if log:

@@ -1444,7 +1444,7 @@ class RuleQAGenerator:
     """
 
     kind = "rules"
-    VERSION = 28  # the rules' generation as the README names it; caches and variants also follow the code
+    VERSION = 29  # the rules' generation as the README names it; caches and variants also follow the code
     MODULES = ("lift_ray.aux_qa.rules", "lift_ray.aux_qa.evidence", "lift_ray.aux_qa.cache")  # what decides the pairs
 
     def __init__(self, max_pairs: int = 64, max_pairs_per_sentence: int = 2, questions_per_fact: int = 2):
