@@ -336,6 +336,16 @@ class InferenceConfig(_Base):
         "and the answer must have a word the question lacks; else it is answered as rag. 0 checks only that the "
         "answer's words are in the chunks (or the document) and add to the question.",
     )
+    sure_answer_probability: float | None = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="With rag_when_unsupported, under greedy decoding: an adapter's answer the chunks do not back "
+        "stands all the same when every token of it (its end included) had at least this probability, i.e. the "
+        "adapter is sure of it (a fact it learnt whose sentence retrieval missed or words differently); its "
+        "unsure answers still go to rag (README 'An answer the adapter is sure of'). null: every answer the chunks "
+        "do not back goes to rag.",
+    )
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (with do_sample).")
     top_p: float = Field(1.0, gt=0, le=1.0, description="Nucleus sampling mass (with do_sample).")

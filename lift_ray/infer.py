@@ -8,7 +8,8 @@
 
 An adapted mode with a document view answers as ``icl`` when the head…tail view shows the chunks
 retrieval ranks well above the rest for the question (``inference.icl_when_in_window``), ``lift+rag``
-as ``rag`` when its chunks do not back the adapter's answer (``inference.rag_when_unsupported``), and
+as ``rag`` when its chunks do not back the adapter's answer and the adapter was not sure of it
+(``inference.rag_when_unsupported``, ``inference.sure_answer_probability``), and
 both as their base mode while the document's absorb has not published an adapter yet
 (``Answer.answered_as`` and ``answered_as_reason`` say so).
 
@@ -180,6 +181,25 @@ class _Cancelled:
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _Sureness:
+    """A logits processor that records, per row and step, the probability of the greedy next token.
+
+    Added last, it sees the scores greedy decoding picks from; it changes nothing."""
+
+    def __init__(self):
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.steps.append(torch.softmax(scores.float(), -1).amax(-1).cpu())
+        return scores
+
+    def row(self, i: int, n_tokens: int) -> float | None:
+        """Row ``i``'s least token probability over its first ``n_tokens`` (its own, the end included)."""
+        if not self.steps or n_tokens < 1:
+            return None
+        return min(step[i].item() for step in self.steps[:n_tokens])
 
 
 class _TokenQueue:
@@ -523,12 +543,16 @@ class LiftEngine:
             prepared.fallback = dataclasses.replace(prepared, adapter=None, answered_as="rag", reason=NOT_BACKED)
         return prepared
 
-    def supported(self, p: Prepared, answer: str) -> bool:
+    def supported(self, p: Prepared, answer: str, sureness: float | None = None) -> bool:
         """Whether ``answer`` may stand: always, unless ``p`` is checked against its retrieved chunks
         (``inference.rag_when_unsupported``) and they do not back it (``retrieval.view_backs_answer``:
         its words in a sentence about the question, saying more than the question), nor, for an answer
-        the chunks do not hold, does the rest of the document."""
+        the chunks do not hold, does the rest of the document, nor was the adapter sure of it
+        (``sureness``, its least greedy token probability, at least ``inference.sure_answer_probability``)."""
         if p.fallback is None:
+            return True
+        sure = self.config.inference.sure_answer_probability
+        if sure is not None and sureness is not None and sureness >= sure:
             return True
         decode = self.loaded.tokenizer.decode
         view_text = decode(p.view_ids or [], skip_special_tokens=True)
@@ -591,15 +615,23 @@ class LiftEngine:
                 prepared[i] = q if isinstance(q, Prepared) else self.prepare(q)
             except Exception as exc:
                 results[i] = exc
-        self._answer_rows(prepared, results, start)
+        sureness: dict[int, float | None] = {}
+        self._answer_rows(prepared, results, start, sureness)
         # lift+rag answers the retrieved chunks do not hold: asked again of the base model, in one more pass
         retry = {i: p.fallback for i, p in prepared.items()
-                 if p.fallback is not None and isinstance(results[i], Answer) and not self.supported(p, results[i].answer)}
+                 if p.fallback is not None and isinstance(results[i], Answer)
+                 and not self.supported(p, results[i].answer, sureness.get(i))}
         self._answer_rows(retry, results, start)
         return results  # type: ignore[return-value]
 
-    def _answer_rows(self, prepared: dict[int, Prepared], results: list, start: float) -> None:
-        """Generate ``prepared``'s rows, batched by decoding settings, into ``results`` at their indices."""
+    def _sureness_wanted(self, p: Prepared) -> bool:
+        """Whether ``p``'s answer is checked and may stand on the adapter's sureness (greedy decoding only)."""
+        return p.fallback is not None and self.config.inference.sure_answer_probability is not None and not p.sampling[0]
+
+    def _answer_rows(self, prepared: dict[int, Prepared], results: list, start: float,
+                     sureness: dict[int, float | None] | None = None) -> None:
+        """Generate ``prepared``'s rows, batched by decoding settings, into ``results`` at their indices;
+        with ``sureness``, also each checked row's least greedy token probability (:class:`_Sureness`)."""
         groups: dict[tuple, list[int]] = collections.defaultdict(list)
         for i, p in prepared.items():
             groups[p.sampling].append(i)
@@ -615,11 +647,14 @@ class LiftEngine:
                 if not ok:
                     continue
                 rows = [prepared[i] for i, _ in ok]
+                recorder = _Sureness() if sureness is not None and any(map(self._sureness_wanted, rows)) else None
                 with self._lock:
-                    out = self._generate(rows, [e for _, e in ok])
+                    out = self._generate(rows, [e for _, e in ok], **_recording(recorder))
                 width = max(len(p.prompt) for p in rows)
-                for (i, _), p, seq in zip(ok, rows, out[:, width:].tolist()):
+                for row, ((i, _), p, seq) in enumerate(zip(ok, rows, out[:, width:].tolist())):
                     ids, reason = self._finish(seq, p.max_new_tokens)
+                    if recorder is not None and self._sureness_wanted(p):
+                        sureness[i] = recorder.row(row, len(ids))
                     text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True).strip()
                     results[i] = Answer(text, p.mode, p.doc_id, p.variant, p.question, len(p.prompt), len(ids),
                                         round(time.perf_counter() - start, 3), p.view, reason, p.answered_as, p.reason)
@@ -666,12 +701,14 @@ class LiftEngine:
         """A checked lift+rag answer: the adapter's answer is held back until it can be checked against the
         retrieved chunks (it is short), then sent whole, or the base model's answer is streamed instead."""
         pieces: list[str] = []
-        for item in self._stream(p):
+        recorder = _Sureness() if self._sureness_wanted(p) else None
+        for item in self._stream(p, recorder):
             if isinstance(item, str):
                 pieces.append(item)
             else:
                 end = item
-        if self.supported(p, "".join(pieces)):
+        sureness = recorder.row(0, end.new_tokens) if recorder is not None else None
+        if self.supported(p, "".join(pieces), sureness):
             yield from pieces
             yield end
             return
@@ -680,7 +717,7 @@ class LiftEngine:
                 item = dataclasses.replace(item, seconds=round(item.seconds + end.seconds, 3))
             yield item
 
-    def _stream(self, p: Prepared) -> Iterator[str | StreamEnd]:
+    def _stream(self, p: Prepared, recorder: "_Sureness | None" = None) -> Iterator[str | StreamEnd]:
         import queue
 
         from transformers import StoppingCriteriaList
@@ -697,7 +734,7 @@ class LiftEngine:
                 with self._lock:
                     if not cancel.is_set():
                         self._generate([p], entries, streamer=_TokenQueue(tokens),
-                                       stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]))
+                                       stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]), **_recording(recorder))
                 tokens.put(_END)
             except BaseException as exc:  # surfaced in the consumer's thread
                 tokens.put(exc)
@@ -762,6 +799,15 @@ class LiftEngine:
                 end = item
         return Answer("".join(pieces).strip(), end.mode, end.doc_id, end.variant, question, end.prompt_tokens,
                       end.new_tokens, end.seconds, end.view, end.finish_reason, end.answered_as, end.answered_as_reason)
+
+
+def _recording(recorder: _Sureness | None) -> dict:
+    """generate() arguments that add ``recorder`` as the last logits processor (none without one)."""
+    if recorder is None:
+        return {}
+    from transformers import LogitsProcessorList
+
+    return {"logits_processor": LogitsProcessorList([recorder])}
 
 
 def engine_for_manifest(manifest: Manifest, config: LiftConfig, store: AdapterStore) -> LiftEngine:

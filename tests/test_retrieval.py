@@ -329,7 +329,7 @@ def test_lift_rag_answers_as_rag_when_the_adapters_answer_is_not_in_the_chunks(e
     result = engine.absorb(normalize_text(" ".join(sentences)), progress=False)
     doc, question = result.doc_id, "Who is the ferry captain?"
     checked = engine.config.model_copy(update={"inference": engine.config.inference.model_copy(
-        update={"rag_when_unsupported": True, "icl_when_in_window": True})})
+        update={"rag_when_unsupported": True, "icl_when_in_window": True, "sure_answer_probability": None})})
     on = LiftEngine(engine.loaded, checked, engine.store)
     p = on.prepare(Question(question, doc, "lift+rag"))
     rag = on.prepare(Question(question, doc, "rag"))
@@ -367,6 +367,49 @@ def test_lift_rag_answers_as_rag_when_the_adapters_answer_is_not_in_the_chunks(e
     assert on.prepare(Question("Quixotic xylophones?", doc, "lift+rag")).fallback is None
     routed = on.prepare(Question("What is the vault code of the lighthouse?", doc, "lift+rag"))
     assert routed.answered_as == "icl" and routed.fallback is None
+
+
+def test_lift_rag_keeps_an_unbacked_answer_the_adapter_is_sure_of(engine, monkeypatch):
+    """inference.sure_answer_probability: an answer the chunks do not back stands when its least greedy token
+    probability (its end token included) reaches the threshold, in answer_batch and in the stream alike; one
+    above it, or null, sends the question to rag. The probability is the one generate's own scores give."""
+    import torch
+
+    rng = random.Random(7)
+    sentences = [rng.choice(FILLER) for _ in range(40)]
+    sentences.insert(20, "The ferry captain is called Mirabelle Quorst.")
+    doc = engine.absorb(normalize_text(" ".join(sentences)), progress=False).doc_id
+    question = "Who is the ferry captain?"
+    monkeypatch.setattr(lift_ray.infer, "view_backs_answer", lambda *a, **k: False)  # the chunks never back it
+
+    inference = engine.config.inference.model_copy(
+        update={"rag_when_unsupported": True, "icl_when_in_window": False, "sure_answer_probability": None})
+    on = LiftEngine(engine.loaded, engine.config.model_copy(update={"inference": inference}), engine.store)
+
+    def threshold(sure):  # one engine (one resident adapter set), its threshold changed between questions
+        on.config = on.config.model_copy(update={"inference": inference.model_copy(update={"sure_answer_probability": sure})})
+
+    p = on.prepare(Question(question, doc, "lift+rag"))
+    assert p.fallback is not None and p.adapter is not None
+    entries = on._acquire([p.adapter])
+    try:
+        out = on._generate([p], entries, output_scores=True, return_dict_in_generate=True)
+    finally:
+        on._release(entries)
+    ids, _ = on._finish(out.sequences[0, len(p.prompt):].tolist(), p.max_new_tokens)
+    sureness = min(torch.softmax(score[0].float(), -1)[t].item() for score, t in zip(out.scores, ids))
+    adapter_answer = on.loaded.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    rag_answer = on.answer(question, doc, "rag").answer
+    assert adapter_answer != rag_answer and 0 < sureness < 1
+    for sure, answered_as in ((sureness * (1 - 1e-5), "lift+rag"), (min(sureness * (1 + 1e-3), 1.0), "rag"), (None, "rag")):
+        threshold(sure)
+        ans = on.answer(question, doc, "lift+rag")
+        assert ans.answered_as == answered_as and ans.answer == (adapter_answer if answered_as == "lift+rag" else rag_answer)
+        pieces, streamed = drain(on.stream_answer(question, doc, "lift+rag"))
+        assert (streamed.answer, streamed.answered_as) == (ans.answer, answered_as)
+    threshold(sureness * (1 - 1e-5))
+    sampled = on.answer_batch([Question(question, doc, "lift+rag", temperature=0.7, top_p=0.9)])[0]
+    assert sampled.answered_as == "rag"  # measured under greedy decoding only
 
 
 def test_pairs_trained_in_the_retrieved_view_read_the_rag_prompt_focus_sentence_included(tiny_loaded, tiny_config, monkeypatch):
