@@ -8,8 +8,8 @@
 
 An adapted mode with a document view answers as ``icl`` when the head…tail view shows the chunks
 retrieval ranks well above the rest for the question (``inference.icl_when_in_window``), ``lift+rag``
-as ``rag`` when its chunks do not back the adapter's answer and the adapter was not sure of it
-(``inference.rag_when_unsupported``, ``inference.sure_answer_probability``), and
+as ``rag`` when its chunks do not back the adapter's answer (unless, as an option, the adapter was sure of it:
+``inference.sure_answer_probability``; ``inference.rag_when_unsupported``), and
 both as their base mode while the document's absorb has not published an adapter yet
 (``Answer.answered_as`` and ``answered_as_reason`` say so).
 
