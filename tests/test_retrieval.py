@@ -400,8 +400,9 @@ def test_lift_rag_keeps_an_unbacked_answer_the_adapter_is_sure_of(engine, monkey
     sureness = min(torch.softmax(score[0].float(), -1)[t].item() for score, t in zip(out.scores, ids))
     adapter_answer = on.loaded.tokenizer.decode(ids, skip_special_tokens=True).strip()
     rag_answer = on.answer(question, doc, "rag").answer
-    assert adapter_answer != rag_answer and 0 < sureness < 1
-    for sure, answered_as in ((sureness * (1 - 1e-5), "lift+rag"), (min(sureness * (1 + 1e-3), 1.0), "rag"), (None, "rag")):
+    assert 0 < sureness <= 1  # the tiny model's answers may be alike (even empty): answered_as tells them apart
+    cases = [(sureness * (1 - 1e-5), "lift+rag"), (None, "rag")] + ([(sureness * (1 + 1e-3), "rag")] if sureness < 0.999 else [])
+    for sure, answered_as in cases:
         threshold(sure)
         ans = on.answer(question, doc, "lift+rag")
         assert ans.answered_as == answered_as and ans.answer == (adapter_answer if answered_as == "lift+rag" else rag_answer)
