@@ -12,8 +12,8 @@ from lift_ray.aux_qa.pairs import CACHE_VERSION, AuxQAError, QAGenerator, QAPair
 
 def answer_spread(answer: str, sentences: list[str]) -> int:
     """In how many of the document's sentences ``answer`` stands (whole words, any case)."""
-    pattern = re.compile(r"(?<!\w)" + re.escape(answer.strip().lower()) + r"(?!\w)")
-    return sum(bool(pattern.search(s.lower())) for s in sentences)
+    pattern = re.compile(r"(?<!\w)" + re.escape(answer.strip()) + r"(?!\w)", re.IGNORECASE)
+    return sum(bool(pattern.search(s)) for s in sentences)
 
 
 def spread(pairs: list[QAPair], limit: int, sentences: list[str] | None = None) -> list[QAPair]:
@@ -28,15 +28,11 @@ def spread(pairs: list[QAPair], limit: int, sentences: list[str] | None = None) 
     by_sentence: dict[int, list[int]] = {}
     for i, p in enumerate(pairs):
         by_sentence.setdefault(p.sentence_index, []).append(i)
-    known: dict[str, int] = {}
+    # without sentences every answer counts 0: the generator's order decides
+    counts = {p.answer: answer_spread(p.answer, sentences) for p in pairs} if sentences is not None else {}
 
-    def common(i: int) -> int:  # 0 without sentences: the generator's order
-        if sentences is None:
-            return 0
-        answer = pairs[i].answer
-        if answer not in known:
-            known[answer] = answer_spread(answer, sentences)
-        return known[answer]
+    def common(i: int) -> int:
+        return counts.get(pairs[i].answer, 0)
 
     for members in by_sentence.values():
         members.sort(key=lambda i: (common(i), i))
