@@ -50,6 +50,9 @@ class LocalRay:
             CLUSTER_MARKER: self.temp_dir,
             # Workers import torch; more than one thread per worker only oversubscribes the 2 CI cores.
             "OMP_NUM_THREADS": "1",
+            # Serve's controller kills an HTTP proxy not ready within 5 s, three times over; on two busy
+            # cores (a training run beside the tests) the proxy's imports alone take longer.
+            "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": os.environ.get("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60"),
         }
         cmd = [
             str(BIN / "ray"), "start", "--head", "--disable-usage-stats",
