@@ -213,8 +213,13 @@ def cmd_docs(args: argparse.Namespace) -> int:
     cfg = _config(args)
     store = _store(cfg)
     if args.action == "list":
-        rows = store.list_docs()
-        human = "\n".join(f"{r['doc_id']}  {r['num_tokens']:>8} tokens  {','.join(r['variants'])}" for r in rows)
+        # Documents whose absorb has stored the text but not published an adapter are listed too (icl and rag answer them).
+        rows = store.list_docs(pending=True)
+        human = "\n".join(
+            f"{r['doc_id']}  {r['num_tokens']:>8} tokens  {','.join(r['variants'])}" if r["variants"]
+            else f"{r['doc_id']}  no adapter yet (absorbing, or its absorb stopped): icl and rag answer it"
+            for r in rows
+        )
         _emit(rows, args.json, human or "(no documents)")
     elif args.action == "show":
         manifests = [m.model_dump(mode="json") for m in store.manifests(_need_id(args))]

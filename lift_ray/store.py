@@ -318,8 +318,13 @@ class AdapterStore:
         except FileNotFoundError:
             raise DocumentNotFound(f"unknown document id {doc_id} in store {self.uri}") from None
 
-    def list_docs(self) -> list[dict[str, Any]]:
-        """One row per visible document: id, variants, token count, alias and title from the source, created time."""
+    def list_docs(self, *, pending: bool = False) -> list[dict[str, Any]]:
+        """One row per visible document: id, variants, token count, alias and title from the source, created time.
+
+        With ``pending``, also a row (``variants`` empty, ``status`` "no_adapter") per document whose text is
+        stored and no adapter published yet: absorbing now (here or in another process), or an absorb that
+        stopped. icl and rag answer those already. Rows of absorbed documents have ``status`` "absorbed".
+        """
         try:
             entries = self.fs.ls(f"{self.root}/docs", detail=False)
         except FileNotFoundError:
@@ -334,6 +339,7 @@ class AdapterStore:
                 rows.append(
                     {
                         "doc_id": doc_id,
+                        "status": "absorbed",
                         "variants": [m.variant for m in manifests],
                         "num_tokens": manifests[0].num_tokens,
                         "alias": next((m.alias for m in manifests if m.alias), None),
@@ -341,7 +347,20 @@ class AdapterStore:
                         "created_at": min(m.created_at for m in manifests),
                     }
                 )
+            elif pending and self.has_document(doc_id):
+                rows.append({"doc_id": doc_id, "status": "no_adapter", "variants": [], "num_tokens": None,
+                             "alias": None, "title": None, "created_at": self._stored_at(doc_id)})
         return rows
+
+    def _stored_at(self, doc_id: str) -> str | None:
+        """When the document's text was stored (ISO, UTC), where the filesystem says."""
+        try:
+            modified = self.fs.modified(f"{self._doc_dir(doc_id)}/{DOCUMENT}")
+        except (NotImplementedError, OSError):
+            return None
+        if modified.tzinfo is None:  # fsspec's local filesystem gives UTC without a zone
+            modified = modified.replace(tzinfo=_dt.timezone.utc)
+        return modified.astimezone(_dt.timezone.utc).isoformat(timespec="seconds")
 
     def adapter_dir(
         self, doc_id: str, variant: str, scratch: Path | None = None, manifest: Manifest | None = None

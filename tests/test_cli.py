@@ -121,6 +121,14 @@ def test_absorb_ask_docs_round_trip(capsys, doc, store, tiny_model_dir, tiny_yam
     assert code == 0 and sorted(json.loads(out)["deleted"]) == sorted([result["variant"], second_variant])
     code, out, err = run(capsys, "docs", "list", "--store", store, "--json")
     assert json.loads(out) == []
+    # An absorb in another process has stored its text and not yet published: listed, and said so.
+    from lift_ray.store import AdapterStore, doc_id_for
+
+    AdapterStore(store).put_document(doc_id_for("Pending text."), "Pending text.")
+    code, out, _ = run(capsys, "docs", "list", "--store", store, "--json")
+    assert [(r["doc_id"], r["status"], r["variants"]) for r in json.loads(out)] == [(doc_id_for("Pending text."), "no_adapter", [])]
+    code, out, _ = run(capsys, "docs", "list", "--store", store)
+    assert code == 0 and "no adapter yet" in out
 
 
 def test_models_lists_the_cache(capsys):

@@ -321,6 +321,8 @@ def test_posted_document_is_absorbed_outside_replicas_then_listed_and_deleted(se
     assert status == 202 and job["status"] in ("queued", "absorbing") and headers["location"].endswith(job["id"])
     doc = job["doc_id"]
     assert doc not in {m.id for m in client.models.list().data}
+    listed = {d["doc_id"]: d for d in _get(f"{server}/v1/documents")[1]["data"]}
+    assert listed[doc]["status"] in ("queued", "absorbing", "absorbed") and listed[doc]["alias"] == "lighthouse"
     # stored with the POST: retrieval answers by alias at once, whatever the job's state
     assert _ask(client, "lighthouse", "rag").choices[0].message.content == reference(doc, "rag").answer
     seen = set()
@@ -334,6 +336,8 @@ def test_posted_document_is_absorbed_outside_replicas_then_listed_and_deleted(se
     _wait_until(done, 180)
     assert _get(f"{server}/v1/documents/{job['id']}")[1]["progress"]["epoch"] >= 1
     assert doc in {m.id for m in client.models.list().data}, "listed without a restart"
+    listed = {d["doc_id"]: d for d in _get(f"{server}/v1/documents")[1]["data"]}
+    assert listed[doc]["status"] == "absorbed" and listed[doc]["variants"] and listed[doc]["tokens"] > 0
     assert _get(f"{server}/v1/documents/{doc}")[1]["status"] == "absorbed"
     assert _ask(client, "lighthouse", "lift").choices[0].message.content == reference(doc, "lift").answer
     status, body, _ = _request("DELETE", f"{server}/v1/documents/{doc}")
@@ -373,6 +377,8 @@ def test_a_document_being_absorbed_answers_in_the_base_modes(server, store_dir, 
         "model": doc, "messages": [{"role": "user", "content": QUESTION}], "lift_mode": "lift"})
     assert status == 409 and body["error"]["code"] == "adapter_not_ready" and "retry-after" in headers
     assert doc not in {m.id for m in client.models.list().data}  # listed once its adapter is published
+    listed = {d["doc_id"]: d for d in _get(f"{server}/v1/documents")[1]["data"]}
+    assert listed[doc]["status"] == "no_adapter" and listed[doc]["variants"] == []  # absorbing elsewhere
     status, body, _ = _request("DELETE", f"{server}/v1/documents/{doc}")  # an absorb that failed leaves no way in
     assert status == 200 and body["variants"] == [] and not store.has_document(doc)
     status, body, _ = _request("POST", f"{server}/v1/chat/completions", {
@@ -580,3 +586,15 @@ def test_the_ui_http_backend_against_the_real_app(server, store_dir, reference):
     assert all(0.0 <= f <= 1.0 for f, _ in events)
     with pytest.raises(BackendError, match="refused the API key"):
         HttpBackend(f"{server}/secure", api_key="wrong").list_docs()
+    # A document whose absorb has not published (text stored by another process): listed and said so.
+    from lift_ray.store import AdapterStore, doc_id_for
+
+    root, *_ = store_dir
+    pending = "The ferry to Skellmoor leaves at dawn."
+    AdapterStore(str(root / "store")).put_document(doc_id_for(pending), pending)
+    try:
+        row = {r.doc_id: r for r in backend.list_docs()}[doc_id_for(pending)]
+        assert row.status == "no_adapter" and not row.absorbed and row.label.endswith("(no adapter yet: icl and rag answer now)")
+        assert rows[ids[0]].absorbed
+    finally:
+        AdapterStore(str(root / "store")).delete(doc_id_for(pending))

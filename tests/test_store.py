@@ -62,6 +62,22 @@ def test_nothing_is_created_until_publish(tmp_path):
     assert not root.exists()
 
 
+def test_a_document_without_an_adapter_is_listed_only_when_asked(tmp_path):
+    """Its text is stored when an absorb starts: listed as pending (icl and rag answer it), never as absorbed."""
+    store = AdapterStore(str(tmp_path / "store"))
+    m, files = _manifest(tmp_path)
+    other = normalize_text("Another document, absorbing somewhere else.")
+    store.put_document(doc_id_for(other), other)
+    assert store.list_docs() == []
+    [row] = store.list_docs(pending=True)
+    assert row["doc_id"] == doc_id_for(other) and row["status"] == "no_adapter" and row["variants"] == []
+    assert row["created_at"][:4].isdigit() and row["created_at"].endswith("+00:00")
+    store.publish(m, TEXT, files)
+    assert [r["doc_id"] for r in store.list_docs()] == [m.doc_id]
+    rows = {r["doc_id"]: r["status"] for r in store.list_docs(pending=True)}
+    assert rows == {m.doc_id: "absorbed", doc_id_for(other): "no_adapter"}
+
+
 def test_publish_list_show_delete(tmp_path):
     store = AdapterStore(str(tmp_path / "store"))
     m, files = _manifest(tmp_path)

@@ -210,6 +210,37 @@ def test_document_view_highlights_the_engines_window(absorbed, app, engine):
     assert f"W = {window}" in page
 
 
+def test_a_document_still_absorbing_is_listed_and_answered_in_the_base_modes(absorbed, app, engine):
+    """Its text is stored (an absorb in another process has not published yet): the table and the
+    Compare tab list it and say so; icl and rag answer it, lift+icl as icl; its window view shows."""
+    from lift_ray.store import doc_id_for
+    from lift_ray.text import normalize_text
+
+    from ui.app import PANEL_MODES, _doc_choices
+    from ui.backends import LocalBackend
+
+    _, client, _ = app
+    text = normalize_text("The ferry to Skellmoor leaves at dawn. Its captain is Odile Fenwarren. " * 3)
+    doc = doc_id_for(text)
+    engine.store.put_document(doc, text)
+    try:
+        table, choices = client.predict(api_name="/list_docs")
+        rows = {row[1]: row for row in table["data"]}
+        assert rows[absorbed[2]][5] == "absorbed"
+        assert rows[doc][5] == "no adapter yet: icl and rag answer now" and rows[doc][3] == ""
+        labels = dict((value, label) for label, value in _doc_choices(LocalBackend(engine)))
+        assert labels[doc].endswith("(no adapter yet: icl and rag answer now)")
+        assert "lift-seen" in client.predict(doc, api_name="/document_view")
+        *answers, _view = client.predict(doc, "Who is the captain?", ["icl", "lift+icl"], api_name="/ask")
+        n = len(PANEL_MODES)
+        for mode in ("icl", "lift+icl"):
+            k = PANEL_MODES.index(mode)
+            assert answers[k] == engine.answer("Who is the captain?", doc, "icl").answer
+        assert "adapter is still being trained" in answers[n + PANEL_MODES.index("lift+icl")]
+    finally:
+        engine.store.delete(doc)
+
+
 def test_sample_document_is_offered_and_absorbed_on_first_use(tiny_model_dir, tmp_path, monkeypatch):
     """Before its first absorb, the shipped document is in the Compare choices; asking absorbs it."""
     from lift_ray.text import normalize_text
@@ -556,6 +587,12 @@ def _serve_standin(engine):
 
         threading.Thread(target=work, daemon=True).start()
         return {"id": job_id, "status": "queued"}
+
+    @api.get("/v1/documents")
+    def list_documents():
+        from lift_ray.serve.api import document_entry
+
+        return {"object": "list", "data": [document_entry(row) for row in engine.store.list_docs(pending=True)]}
 
     @api.get("/v1/documents/{job_id}")
     def job(job_id: str):

@@ -32,7 +32,7 @@ SAMPLE_KEY = "sample"  # the shipped document before its first absorb
 DEFAULT_COMPARE = tuple(m for m in COMPARE_MODES if uses_document(m))
 # Answer panels in comparison order, then any other mode.
 PANEL_MODES = tuple(dict.fromkeys((*COMPARE_MODES, *MODES)))
-DOC_HEADERS = ["title / alias", "doc id", "tokens", "adapter", "created"]
+DOC_HEADERS = ["title / alias", "doc id", "tokens", "adapter", "created", "status"]
 ENGINE = "engine"  # the concurrency id every engine call shares
 THEME = gr.themes.Soft(
     # System fonts: the page loads nothing from the internet.
@@ -56,13 +56,15 @@ def _fail(exc: Exception):
 
 def _doc_table(backend: Backend) -> list[list]:
     return [
-        [r.title or r.alias or "", r.doc_id, r.num_tokens, ", ".join(r.adapter_kinds), (r.created_at or "")[:19]]
+        [r.title or r.alias or "", r.doc_id, r.num_tokens, ", ".join(r.adapter_kinds), (r.created_at or "")[:19],
+         "absorbed" if r.absorbed else f"{r.state_text}: icl and rag answer now"]
         for r in backend.list_docs()
     ]
 
 
 def _doc_choices(backend: Backend) -> list[tuple[str, str]]:
-    """Absorbed documents for the Compare tab, and the shipped sample until it is absorbed."""
+    """Documents for the Compare tab (those not absorbed yet say so: icl and rag answer them already),
+    and the shipped sample until it is absorbed."""
     rows = backend.list_docs()
     choices = [(r.label, r.doc_id) for r in rows]
     sample_id = doc_id_for(normalize_text(sample_document()))
@@ -239,11 +241,11 @@ def build_app(
                         gr.Markdown(f"Training: {backend.training_summary()}.")
                 absorb_status = gr.Markdown(elem_id="absorb-status")
                 with gr.Row():
-                    gr.Markdown("### Absorbed documents")
+                    gr.Markdown("### Documents")
                     refresh_btn = gr.Button("Refresh", size="sm", scale=0)
                 docs_table = gr.Dataframe(headers=DOC_HEADERS, value=[], interactive=False, wrap=True, label="Documents", elem_id="docs-table")
 
-            with gr.Tab("Compare", id="compare"):
+            with gr.Tab("Compare", id="compare") as compare_tab:
                 with gr.Row():
                     doc_pick = gr.Dropdown(choices=[], label="Document", scale=2, elem_id="doc-pick")
                     mode_pick = gr.CheckboxGroup(
@@ -292,6 +294,8 @@ def build_app(
                          api_name="absorb", **engine_events)
         refresh_btn.click(refresh, outputs=[docs_table, doc_pick], api_name="list_docs")
         demo.load(refresh, outputs=[docs_table, doc_pick], api_visibility="private")
+        # Documents absorbed elsewhere (the CLI, bulk, POST /v1/documents) appear when the tab is opened.
+        compare_tab.select(refresh, outputs=[docs_table, doc_pick], api_visibility="private")
         doc_pick.change(show_document, inputs=doc_pick, outputs=doc_view, api_name="document_view")
         mode_pick.change(show_panels, inputs=mode_pick, outputs=panels, api_visibility="private")
         ask_event = dict(fn=ask, inputs=[doc_pick, question, mode_pick], outputs=[*answer_boxes, *stat_boxes, doc_view])

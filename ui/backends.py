@@ -44,11 +44,23 @@ class DocRow:
     num_tokens: int | None = None
     adapter_kinds: list[str] = dataclasses.field(default_factory=list)
     created_at: str | None = None
+    # "absorbed"; before its adapter is published: "queued" / "absorbing" / "failed" (a Serve job),
+    # or "no_adapter" (its text is stored: absorbing in another process, or an absorb that stopped).
+    status: str = "absorbed"
 
     @property
     def label(self) -> str:
         name = self.title or self.alias or "untitled"
-        return f"{name} · {self.doc_id[:10]}"
+        label = f"{name} · {self.doc_id[:10]}"
+        return label if self.absorbed else f"{label} ({self.state_text}: icl and rag answer now)"
+
+    @property
+    def absorbed(self) -> bool:
+        return self.status == "absorbed"
+
+    @property
+    def state_text(self) -> str:
+        return {"no_adapter": "no adapter yet", "failed": "absorb failed"}.get(self.status, self.status)
 
 
 @dataclasses.dataclass
@@ -163,7 +175,7 @@ class LocalBackend:
         )
 
     def list_docs(self) -> list[DocRow]:
-        rows = self.engine.store.list_docs()
+        rows = self.engine.store.list_docs(pending=True)
         return [
             DocRow(
                 r["doc_id"],
@@ -172,6 +184,7 @@ class LocalBackend:
                 r.get("num_tokens"),
                 sorted({_kind_of(v) for v in r["variants"]}),
                 r.get("created_at"),
+                r["status"],
             )
             for r in rows
         ]
@@ -220,7 +233,8 @@ class LocalBackend:
 
         store, cfg = self.engine.store, self.engine.config
         text = store.text(doc_id)
-        window = store.latest_manifest(doc_id).context_window or self._window
+        # A document still absorbing has no manifest yet: the engine's W (its absorb uses the same config).
+        window = store.latest_manifest(doc_id).context_window if store.variants(doc_id) else self._window
         tok = self.engine.loaded.tokenizer
         head_end, tail_start = view_char_ranges(text, tok, window, cfg.segments.mixin)
         num_tokens = len(tok(text, add_special_tokens=False)["input_ids"])
@@ -324,14 +338,17 @@ class HttpBackend:
         from lift_ray.store import is_doc_id
 
         rows = []
-        for m in self._models():
-            if not is_doc_id(str(m.get("id", ""))):  # the base model's entry
+        # GET /v1/documents: the absorbed documents and those whose adapter is not published yet.
+        for d in self._request("GET", "/v1/documents").json().get("data", []):
+            doc_id = str(d.get("doc_id") or "")
+            if not is_doc_id(doc_id):
                 continue
-            kinds = m.get("adapter_kinds") or sorted({_kind_of(v) for v in m.get("variants", [])})
-            created = m.get("created")
+            kinds = sorted({_kind_of(v) for v in d.get("variants") or []})
+            created = d.get("created")
             if isinstance(created, (int, float)):
                 created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
-            rows.append(DocRow(m["id"], m.get("title"), m.get("alias"), m.get("num_tokens") or m.get("tokens"), list(kinds), created))
+            rows.append(DocRow(doc_id, d.get("title"), d.get("alias"), d.get("tokens"), kinds, created,
+                               str(d.get("status") or "absorbed")))
         return rows
 
     def absorb(self, text: str, *, title: str | None = None, on_progress: ProgressFn | None = None) -> AbsorbOutcome:

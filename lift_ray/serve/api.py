@@ -171,6 +171,25 @@ def chat_chunk(cid: str, model: str, created: int, delta: dict[str, Any], finish
     }
 
 
+def document_entry(row: dict[str, Any]) -> dict[str, Any]:
+    """A document as GET /v1/documents shows it (a row of ``AdapterStore.list_docs(pending=True)``):
+    ``absorbed`` with its variants, or ``no_adapter`` while its text is stored and no adapter published."""
+    import datetime as dt
+
+    created = row.get("created_at")
+    return {
+        "id": row["doc_id"],
+        "object": "document",
+        "doc_id": row["doc_id"],
+        "status": "absorbed" if row["variants"] else "no_adapter",
+        "alias": row.get("alias"),
+        "title": row.get("title"),
+        "tokens": row.get("num_tokens"),
+        "variants": row["variants"],
+        "created": int(dt.datetime.fromisoformat(created).timestamp()) if created else None,
+    }
+
+
 def model_entry(row: dict[str, Any], kinds: list[str]) -> dict[str, Any]:
     """A /v1/models entry for one document (a row of ``AdapterStore.list_docs``)."""
     import datetime as dt

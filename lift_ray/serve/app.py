@@ -250,6 +250,10 @@ class DocumentJobs:
             jobs = [j for j in self.jobs.values() if j["doc_id"] == doc_id]
             return dict(max(jobs, key=lambda j: j["created"])) if jobs else None
 
+    def all_jobs(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(j) for j in self.jobs.values()]
+
     def doc_for_alias(self, alias: str) -> str | None:
         """The document of the latest job that has not failed with this alias (asked about while absorbing)."""
         with self._lock:
@@ -552,12 +556,28 @@ class LiftIngress:
         manifests = await asyncio.to_thread(self.store.manifests, doc)
         if manifests:
             m = max(manifests, key=lambda m: m.created_at)
-            return {"id": doc, "object": "document", "doc_id": doc, "status": "absorbed", "alias": m.alias,
-                    "title": m.title, "tokens": m.num_tokens, "variants": [x.variant for x in manifests]}
+            return api.document_entry({"doc_id": doc, "alias": m.alias, "title": m.title, "num_tokens": m.num_tokens,
+                                       "variants": [x.variant for x in manifests], "created_at": m.created_at})
         job = await self.jobs.latest_for.remote(doc)
         if job is None:
             raise api.model_not_found(doc)
         return job
+
+    @app.get("/v1/documents")
+    async def list_documents(self) -> dict[str, Any]:
+        """Every document in the store, absorbed or not yet: an absorbed one as GET /v1/documents/{doc_id}
+        shows it; one whose adapter is not published, as its latest job here (queued, absorbing with
+        progress, failed with error), else ``no_adapter`` (absorbing elsewhere, or its absorb stopped).
+        Those answer in icl and rag already."""
+        rows = await asyncio.to_thread(self.store.list_docs, pending=True)
+        jobs = self._existing_jobs()  # no actor: nothing was POSTed to this app
+        latest: dict[str, dict[str, Any]] = {}
+        for job in (await jobs.all_jobs.remote() if jobs is not None else []):
+            if job["doc_id"] not in latest or job["created"] > latest[job["doc_id"]]["created"]:
+                latest[job["doc_id"]] = job
+        data = [api.document_entry(row) if row["variants"] else latest.get(row["doc_id"]) or api.document_entry(row)
+                for row in rows]
+        return {"object": "list", "data": data}
 
     @app.delete("/v1/documents/{doc_id}")
     async def delete_document(self, doc_id: str) -> dict[str, Any]:
