@@ -20,7 +20,7 @@ from lift_ray.evaluate.data import (
     parse_column_map,
     view_char_ranges,
 )
-from lift_ray.evaluate.metrics import contains_answer, exact_match, normalize_answer, rouge_l, score_answer, token_f1
+from lift_ray.evaluate.metrics import contains_answer, contains_folded, exact_match, normalize_answer, rouge_l, score_answer, token_f1
 
 # --- metrics ------------------------------------------------------------------------------------
 
@@ -65,7 +65,26 @@ def test_rouge_l_by_hand():
 def test_contains_answer_needs_whole_words():
     assert contains_answer("The lighthouse was designed by Tobias Wrenfield.", ["tobias wrenfield"]) == 1.0
     assert contains_answer("Wrenfields built it", ["Wrenfield"]) == 0.0
-    assert score_answer("Paris", ["Paris"]) == {"em": 1.0, "f1": 1.0, "rouge_l": 1.0, "contains": 1.0, "contains_10w": 1.0}
+    assert score_answer("Paris", ["Paris"]) == {"em": 1.0, "f1": 1.0, "rouge_l": 1.0, "contains": 1.0, "contains_10w": 1.0,
+                                                "contains_folded": 1.0}
+
+
+@pytest.mark.parametrize("reply, answer, folded", [
+    ("The ash tree flattened approximately 60 meters of fencing.", "60 metres", 1.0),  # spelling
+    ("It is approximately 6 meters.", "six metres", 1.0),  # a number word as digits
+    ("The midfielder is thirty-six.", "36", 1.0),
+    ("A 1,400-hour astronomical regulator.", "1,400 hours", 1.0),  # a hyphenated unit, a plural
+    ("The premium had risen by 7.5%.", "7.5 percent", 1.0),
+    ("They met at the harbor wall.", "harbour wall", 1.0),
+    ("It took 20 minutes.", "twenty-five minutes", 0.0),  # another number stays a miss
+    ("The answer to this question is: 1", "eleven", 0.0),
+    ("Kit Marrab", "Kit Marrable", 0.0),  # part of a name is no answer
+    ("He waited for hours.", "four hours", 0.0),
+    ("It weighs five hundred kilograms.", "five", 1.0),  # contains-answer's hit stands
+])
+def test_contains_folded_counts_the_answer_in_another_surface_form(reply, answer, folded):
+    assert contains_folded(reply, [answer]) == folded
+    assert contains_answer(reply, [answer]) <= folded  # never below contains-answer
 
 
 def test_an_answer_counts_as_stated_only_in_the_replys_first_ten_words():

@@ -1,5 +1,6 @@
 """Answer metrics: exact match and token F1 (SQuAD v1.1 normalisation), ROUGE-L (``rouge-score``),
-answer containment (anywhere in the reply, and in its first ``STATED_WORDS`` words), and an
+answer containment (anywhere in the reply, in its first ``STATED_WORDS`` words, and with surface
+forms folded: number words, spellings, inflections), and an
 optional LLM judge (1-10) through any OpenAI-compatible endpoint.
 
 Every metric takes the best score over the acceptable answers, as SQuAD's evaluation script does.
@@ -86,6 +87,42 @@ def contains_answer(prediction: str, answers: list[str], first_words: int | None
     return float(any(normalize_answer(a) and f" {normalize_answer(a)} " in pred for a in answers))
 
 
+_DASHES = re.compile(r"[-\u2010-\u2015]")
+_BRITISH_RE = re.compile(r"(?<=[a-z])tre(s?)$")  # metre(s) -> meter(s), centre -> center
+_BRITISH_OUR = re.compile(r"(?<=[a-z]{3})our(s?)$")  # harbour -> harbor, colour -> color (not four, hour)
+
+
+@functools.lru_cache(maxsize=1)
+def _stemmer():
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
+
+
+@functools.lru_cache(maxsize=8192)
+def fold_forms(text: str) -> str:
+    """The text's words with their surface forms folded: number words as digits ("twenty-five" -> 25,
+    by ``text2num``), "%" and "per cent" as "percent", dashes between words, British -re/-our spellings
+    as American, and each word's Snowball stem ("tonnes" -> "tonn"), after :func:`normalize_answer`.
+
+    A reply that says "approximately 6 meters" gives the answer "six metres"; contains-answer counts
+    it a miss, and the base model, which rewrites numbers and units in its own words, loses most."""
+    from text_to_num import alpha2digit
+
+    text = re.sub(r"\bper cent\b", "percent", text.replace("%", " percent "), flags=re.IGNORECASE)
+    text = alpha2digit(_DASHES.sub(" ", text), "en")
+    words = [_BRITISH_OUR.sub(r"or\1", _BRITISH_RE.sub(r"ter\1", w)) for w in normalize_answer(text).split()]
+    return " ".join(_stemmer().stemWords(words))
+
+
+def contains_folded(prediction: str, answers: list[str]) -> float:
+    """:func:`contains_answer`, or the answer's words in another surface form (:func:`fold_forms`)."""
+    if contains_answer(prediction, answers):
+        return 1.0
+    pred = f" {fold_forms(prediction)} "
+    return float(any(fold_forms(a) and f" {fold_forms(a)} " in pred for a in answers))
+
+
 def is_correct(answer: str, keywords: list[str]) -> bool:
     """Keyword recall: any expected keyword appears in the answer (case-insensitive substring);
     the fact tests, the demo and NIAH's keyword score use it."""
@@ -101,6 +138,7 @@ def score_answer(prediction: str, answers: list[str]) -> dict[str, float]:
         "rouge_l": float(rouge_l(prediction, answers)),
         "contains": contains_answer(prediction, answers),
         "contains_10w": contains_answer(prediction, answers, STATED_WORDS),
+        "contains_folded": contains_folded(prediction, answers),
     }
 
 

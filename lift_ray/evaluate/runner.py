@@ -30,8 +30,8 @@ from lift_ray.evaluate.data import EvalDocument, EvalError, evidence_spans, loca
 from lift_ray.evaluate.metrics import LLMJudge, score_answer
 from lift_ray.modes import MODES, ModeError, parse_modes, uses_adapter
 
-METRICS = ("em", "f1", "rouge_l", "contains", "contains_10w")
-METRIC_NAMES = {"em": "EM", "f1": "F1", "rouge_l": "ROUGE-L", "contains": "contains answer", "contains_10w": "contains answer in first 10 words", "judge": "judge (1-10)"}
+METRICS = ("em", "f1", "rouge_l", "contains", "contains_10w", "contains_folded")
+METRIC_NAMES = {"em": "EM", "f1": "F1", "rouge_l": "ROUGE-L", "contains": "contains answer", "contains_10w": "contains answer in first 10 words", "contains_folded": "contains answer, forms folded", "judge": "judge (1-10)"}
 WHERE_ORDER = ("beyond", "inside", "partial", "unknown")
 
 
