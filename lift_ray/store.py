@@ -349,10 +349,10 @@ class AdapterStore:
                 )
             elif pending and self.has_document(doc_id):
                 rows.append({"doc_id": doc_id, "status": "no_adapter", "variants": [], "num_tokens": None,
-                             "alias": None, "title": None, "created_at": self._stored_at(doc_id)})
+                             "alias": None, "title": None, "created_at": self.stored_at(doc_id)})
         return rows
 
-    def _stored_at(self, doc_id: str) -> str | None:
+    def stored_at(self, doc_id: str) -> str | None:
         """When the document's text was stored (ISO, UTC), where the filesystem says."""
         try:
             modified = self.fs.modified(f"{self._doc_dir(doc_id)}/{DOCUMENT}")

@@ -379,6 +379,7 @@ def test_a_document_being_absorbed_answers_in_the_base_modes(server, store_dir, 
     assert doc not in {m.id for m in client.models.list().data}  # listed once its adapter is published
     listed = {d["doc_id"]: d for d in _get(f"{server}/v1/documents")[1]["data"]}
     assert listed[doc]["status"] == "no_adapter" and listed[doc]["variants"] == []  # absorbing elsewhere
+    assert _get(f"{server}/v1/documents/{doc}")[1]["status"] == "no_adapter"
     status, body, _ = _request("DELETE", f"{server}/v1/documents/{doc}")  # an absorb that failed leaves no way in
     assert status == 200 and body["variants"] == [] and not store.has_document(doc)
     status, body, _ = _request("POST", f"{server}/v1/chat/completions", {

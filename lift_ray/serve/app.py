@@ -559,9 +559,11 @@ class LiftIngress:
             return api.document_entry({"doc_id": doc, "alias": m.alias, "title": m.title, "num_tokens": m.num_tokens,
                                        "variants": [x.variant for x in manifests], "created_at": m.created_at})
         job = await self.jobs.latest_for.remote(doc)
-        if job is None:
-            raise api.model_not_found(doc)
-        return job
+        if job is not None:
+            return job
+        if await asyncio.to_thread(self.store.has_document, doc):  # absorbing elsewhere, or its absorb stopped
+            return api.document_entry({"doc_id": doc, "variants": [], "created_at": await asyncio.to_thread(self.store.stored_at, doc)})
+        raise api.model_not_found(doc)
 
     @app.get("/v1/documents")
     async def list_documents(self) -> dict[str, Any]:
