@@ -56,8 +56,7 @@ def _fail(exc: Exception):
 
 def _doc_table(backend: Backend) -> list[list]:
     return [
-        [r.title or r.alias or "", r.doc_id, r.num_tokens, ", ".join(r.adapter_kinds), (r.created_at or "")[:19],
-         "absorbed" if r.absorbed else f"{r.state_text}: icl and rag answer now"]
+        [r.title or r.alias or "", r.doc_id, r.num_tokens, ", ".join(r.adapter_kinds), (r.created_at or "")[:19], r.status_text]
         for r in backend.list_docs()
     ]
 

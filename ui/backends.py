@@ -52,15 +52,19 @@ class DocRow:
     def label(self) -> str:
         name = self.title or self.alias or "untitled"
         label = f"{name} · {self.doc_id[:10]}"
-        return label if self.absorbed else f"{label} ({self.state_text}: icl and rag answer now)"
+        return label if self.absorbed else f"{label} ({self.status_text})"
 
     @property
     def absorbed(self) -> bool:
         return self.status == "absorbed"
 
     @property
-    def state_text(self) -> str:
-        return {"no_adapter": "no adapter yet", "failed": "absorb failed"}.get(self.status, self.status)
+    def status_text(self) -> str:
+        """"absorbed", or the state of a document not absorbed yet and what answers it meanwhile."""
+        if self.absorbed:
+            return "absorbed"
+        state = {"no_adapter": "no adapter yet", "failed": "absorb failed"}.get(self.status, self.status)
+        return f"{state}: icl and rag answer now"
 
 
 @dataclasses.dataclass
