@@ -332,27 +332,29 @@ class AdapterStore:
         rows = []
         for entry in sorted(entries):
             doc_id = entry.rstrip("/").rsplit("/", 1)[-1]
-            if not _DOC_ID.match(doc_id):
-                continue
-            manifests = self.manifests(doc_id)
-            if manifests:
-                rows.append(
-                    {
-                        "doc_id": doc_id,
-                        "status": "absorbed",
-                        "variants": [m.variant for m in manifests],
-                        "num_tokens": manifests[0].num_tokens,
-                        "alias": next((m.alias for m in manifests if m.alias), None),
-                        "title": next((m.title for m in manifests if m.title), None),
-                        "created_at": min(m.created_at for m in manifests),
-                    }
-                )
-            elif pending and self.has_document(doc_id):
-                rows.append({"doc_id": doc_id, "status": "no_adapter", "variants": [], "num_tokens": None,
-                             "alias": None, "title": None, "created_at": self.stored_at(doc_id)})
+            if _DOC_ID.match(doc_id) and (row := self.document_row(doc_id, pending=pending)) is not None:
+                rows.append(row)
         return rows
 
-    def stored_at(self, doc_id: str) -> str | None:
+    def document_row(self, doc_id: str, *, pending: bool = False) -> dict[str, Any] | None:
+        """The document's :meth:`list_docs` row, or None where it lists none (no adapter, unless ``pending``)."""
+        manifests = self.manifests(doc_id)
+        if manifests:
+            return {
+                "doc_id": doc_id,
+                "status": "absorbed",
+                "variants": [m.variant for m in manifests],
+                "num_tokens": manifests[0].num_tokens,
+                "alias": next((m.alias for m in manifests if m.alias), None),
+                "title": next((m.title for m in manifests if m.title), None),
+                "created_at": min(m.created_at for m in manifests),
+            }
+        if pending and self.has_document(doc_id):
+            return {"doc_id": doc_id, "status": "no_adapter", "variants": [], "num_tokens": None,
+                    "alias": None, "title": None, "created_at": self._stored_at(doc_id)}
+        return None
+
+    def _stored_at(self, doc_id: str) -> str | None:
         """When the document's text was stored (ISO, UTC), where the filesystem says."""
         try:
             modified = self.fs.modified(f"{self._doc_dir(doc_id)}/{DOCUMENT}")

@@ -171,11 +171,15 @@ def chat_chunk(cid: str, model: str, created: int, delta: dict[str, Any], finish
     }
 
 
+def _unix_time(iso: str) -> int:
+    import datetime as dt
+
+    return int(dt.datetime.fromisoformat(iso).timestamp())
+
+
 def document_entry(row: dict[str, Any]) -> dict[str, Any]:
     """A document as GET /v1/documents shows it (a row of ``AdapterStore.list_docs(pending=True)``):
     ``absorbed`` with its variants, or ``no_adapter`` while its text is stored and no adapter published."""
-    import datetime as dt
-
     created = row.get("created_at")
     return {
         "id": row["doc_id"],
@@ -186,15 +190,13 @@ def document_entry(row: dict[str, Any]) -> dict[str, Any]:
         "title": row.get("title"),
         "tokens": row.get("num_tokens"),
         "variants": row["variants"],
-        "created": int(dt.datetime.fromisoformat(created).timestamp()) if created else None,
+        "created": _unix_time(created) if created else None,
     }
 
 
 def model_entry(row: dict[str, Any], kinds: list[str]) -> dict[str, Any]:
     """A /v1/models entry for one document (a row of ``AdapterStore.list_docs``)."""
-    import datetime as dt
-
-    created = int(dt.datetime.fromisoformat(row["created_at"]).timestamp())
+    created = _unix_time(row["created_at"])
     return {
         "id": row["doc_id"],
         "object": "model",

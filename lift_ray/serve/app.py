@@ -245,14 +245,17 @@ class DocumentJobs:
             job = self.jobs.get(job_id)
             return dict(job) if job else None
 
-    def latest_for(self, doc_id: str) -> dict[str, Any] | None:
+    def latest_jobs(self) -> dict[str, dict[str, Any]]:
+        """Each document's latest job (the first submitted of those created in the same second)."""
+        latest: dict[str, dict[str, Any]] = {}
         with self._lock:
-            jobs = [j for j in self.jobs.values() if j["doc_id"] == doc_id]
-            return dict(max(jobs, key=lambda j: j["created"])) if jobs else None
+            for job in self.jobs.values():
+                if job["doc_id"] not in latest or job["created"] > latest[job["doc_id"]]["created"]:
+                    latest[job["doc_id"]] = job
+            return {doc_id: dict(job) for doc_id, job in latest.items()}
 
-    def all_jobs(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [dict(j) for j in self.jobs.values()]
+    def latest_for(self, doc_id: str) -> dict[str, Any] | None:
+        return self.latest_jobs().get(doc_id)
 
     def doc_for_alias(self, alias: str) -> str | None:
         """The document of the latest job that has not failed with this alias (asked about while absorbing)."""
@@ -561,8 +564,9 @@ class LiftIngress:
         job = await self.jobs.latest_for.remote(doc)
         if job is not None:
             return job
-        if await asyncio.to_thread(self.store.has_document, doc):  # absorbing elsewhere, or its absorb stopped
-            return api.document_entry({"doc_id": doc, "variants": [], "created_at": await asyncio.to_thread(self.store.stored_at, doc)})
+        row = await asyncio.to_thread(self.store.document_row, doc, pending=True)
+        if row is not None:  # its text is stored: absorbing elsewhere, or its absorb stopped
+            return api.document_entry(row)
         raise api.model_not_found(doc)
 
     @app.get("/v1/documents")
@@ -573,10 +577,7 @@ class LiftIngress:
         Those answer in icl and rag already."""
         rows = await asyncio.to_thread(self.store.list_docs, pending=True)
         jobs = self._existing_jobs()  # no actor: nothing was POSTed to this app
-        latest: dict[str, dict[str, Any]] = {}
-        for job in (await jobs.all_jobs.remote() if jobs is not None else []):
-            if job["doc_id"] not in latest or job["created"] > latest[job["doc_id"]]["created"]:
-                latest[job["doc_id"]] = job
+        latest = await jobs.latest_jobs.remote() if jobs is not None else {}
         data = [api.document_entry(row) if row["variants"] else latest.get(row["doc_id"]) or api.document_entry(row)
                 for row in rows]
         return {"object": "list", "data": data}
